@@ -1,0 +1,1 @@
+"""The bureau agent: enrollment pipeline, custodian role, local API and CLI."""

@@ -1,0 +1,1 @@
+"""The Blindmatch hub: tag store, matcher, disclosure routing, audit log."""
