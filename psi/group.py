@@ -90,7 +90,6 @@ def scalar_from_int(value: int) -> bytes:
     return (value % ORDER).to_bytes(SCALAR_LENGTH, "little")
 
 
-
 def random_scalar() -> bytes:
     """A uniformly random non-zero scalar from libsodium's CSPRNG (RFC 9497 RandomScalar)."""
     while True:

@@ -175,7 +175,9 @@ def _blind_batch_with(
 ) -> tuple[list[bytes], list[bytes]]:
     if len(inputs) != len(blinds):
         raise InvalidInputError("inputs and blinds differ in length")
-    blinded = [group.scalar_mult(b, hash_input(x, mode)) for x, b in zip(inputs, blinds, strict=True)]
+    blinded = [
+        group.scalar_mult(b, hash_input(x, mode)) for x, b in zip(inputs, blinds, strict=True)
+    ]
     return list(blinds), blinded
 
 
@@ -218,16 +220,16 @@ def _verifiable_blind_evaluate_batch_with(
 # -- DLEQ proofs (RFC 9497 §2.2) ---------------------------------------------
 
 
-def _composite_weights(b: bytes, cs: Sequence[bytes], ds: Sequence[bytes], mode: Mode) -> list[bytes]:
+def _composite_weights(
+    b: bytes, cs: Sequence[bytes], ds: Sequence[bytes], mode: Mode
+) -> list[bytes]:
     """The per-pair scalars d_i of ComputeComposites (§2.2.1)."""
     tags = _tags(mode)
     seed = hashlib.sha512(_prefixed(b) + _prefixed(tags.seed)).digest()
     prefix = _prefixed(seed)
     dst = tags.hash_to_scalar
     return [
-        group.hash_to_scalar(
-            prefix + _i2osp2(i) + _prefixed(c) + _prefixed(d) + b"Composite", dst
-        )
+        group.hash_to_scalar(prefix + _i2osp2(i) + _prefixed(c) + _prefixed(d) + b"Composite", dst)
         for i, (c, d) in enumerate(zip(cs, ds, strict=True))
     ]
 

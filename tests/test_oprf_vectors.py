@@ -69,6 +69,8 @@ def test_poprf_mode(v: BatchVector) -> None:
     evaluated, proof = oprf._poprf_blind_evaluate_batch_with(v.sk, blinded, v.info, v.proof_r)
     assert tuple(evaluated) == v.evaluated
     assert proof == v.proof
-    outputs = oprf.poprf_finalize_batch(v.inputs, blinds, blinded, evaluated, proof, v.info, tweaked)
+    outputs = oprf.poprf_finalize_batch(
+        v.inputs, blinds, blinded, evaluated, proof, v.info, tweaked
+    )
     assert tuple(outputs) == v.outputs
     assert tuple(oprf.poprf_evaluate(v.sk, x, v.info) for x in v.inputs) == v.outputs
