@@ -68,6 +68,7 @@ GENERATOR = bytes.fromhex("e2f2ae0a6abc4e71a884a961c500515f58e30b6aa582dd8db6a65
 _ZERO_SCALAR = bytes(SCALAR_LENGTH)
 _SHA512_BLOCK = 128
 _SHA512_OUT = 64
+_ZPAD_HASHER = hashlib.sha512(bytes(_SHA512_BLOCK))
 
 # Bound once: these are on the hot path of every OPRF evaluation.
 _scalarmult = rbcl.crypto_scalarmult_ristretto255_allow_scalar_zero
@@ -217,9 +218,9 @@ def expand_message_xmd(message: bytes, dst: bytes, length: int) -> bytes:
     if ell > 255 or length > 65535:
         raise InvalidInputError(f"cannot expand to {length} bytes")
     dst_prime = dst + bytes([len(dst)])
-    b_0 = hashlib.sha512(
-        bytes(_SHA512_BLOCK) + message + length.to_bytes(2, "big") + b"\x00" + dst_prime
-    ).digest()
+    hasher = _ZPAD_HASHER.copy()  # Z_pad is one whole block: absorb it once per process
+    hasher.update(message + length.to_bytes(2, "big") + b"\x00" + dst_prime)
+    b_0 = hasher.digest()
     b_i = hashlib.sha512(b_0 + b"\x01" + dst_prime).digest()
     output = [b_i]
     for i in range(2, ell + 1):

@@ -51,6 +51,7 @@ __all__ = [
     "public_key",
     "verifiable_blind_evaluate_batch",
     "verifiable_finalize_batch",
+    "verify_evaluation_proof",
     "verify_proof",
 ]
 
@@ -302,19 +303,50 @@ def verify_proof(
     Every element and both proof scalars are decoded first, so malformed peer
     data raises DeserializeError rather than reaching libsodium.
     """
+    group.decode_element(b, name="public key")
+    _verify_proof(
+        a,
+        b,
+        _decode_elements(cs, "blinded_element"),
+        _decode_elements(ds, "evaluated_element"),
+        proof,
+        mode,
+    )
+
+
+def _verify_proof(
+    a: bytes, b: bytes, cs: Sequence[bytes], ds: Sequence[bytes], proof: bytes, mode: Mode
+) -> None:
+    """VerifyProof on elements the caller has already decoded (or produced itself)."""
     if len(proof) != PROOF_LENGTH:
         raise DeserializeError(f"proof must be {PROOF_LENGTH} bytes, got {len(proof)}")
     c = group.decode_scalar(proof[:32], name="proof challenge")
     s = group.decode_scalar(proof[32:], name="proof response")
-    group.decode_element(b, name="public key")
-    cs = _decode_elements(cs, "blinded_element")
-    ds = _decode_elements(ds, "evaluated_element")
     m, z = compute_composites(b, cs, ds, mode)
     sa = group.scalar_mult_base(s) if a == group.GENERATOR else group.scalar_mult(s, a)
     t2 = group.element_add(sa, group.scalar_mult(c, b))
     t3 = group.element_add(group.scalar_mult(s, m), group.scalar_mult(c, z))
     if not group.elements_equal(_challenge(b, m, z, t2, t3, mode), c):
         raise VerifyError("DLEQ proof does not verify against this public key and batch")
+
+
+def verify_evaluation_proof(
+    pk: bytes,
+    blinded_elements: Sequence[bytes],
+    evaluated_elements: Sequence[bytes],
+    proof: bytes,
+    mode: Mode = Mode.VOPRF,
+) -> list[bytes]:
+    """The client's check of a server's batch answer: decode the server's evaluated
+    elements and verify the proof that they are pk's key times the client's own
+    blinded elements.  Returns the decoded evaluated elements."""
+    if len(blinded_elements) != len(evaluated_elements):
+        got, want = len(evaluated_elements), len(blinded_elements)
+        raise VerifyError(f"server answered {got} elements for {want} blinded")
+    group.decode_element(pk, name="public key")
+    evaluated = _decode_elements(evaluated_elements, "evaluated_element")
+    _verify_proof(group.GENERATOR, pk, blinded_elements, evaluated, proof, mode)
+    return evaluated
 
 
 # -- client: finalize (RFC 9497 §3.3.1, §3.3.2) ------------------------------
@@ -376,8 +408,8 @@ def verifiable_finalize_batch(
     """RFC 9497 §3.3.2 Finalize (VOPRF): verify the batch proof, then finalize."""
     if not len(inputs) == len(blinds) == len(blinded_elements) == len(evaluated_elements):
         raise InvalidInputError("inputs, blinds, blinded and evaluated elements differ in length")
-    verify_proof(group.GENERATOR, pk, blinded_elements, evaluated_elements, proof, Mode.VOPRF)
-    return _unblind_and_hash(inputs, blinds, evaluated_elements, None)
+    evaluated = verify_evaluation_proof(pk, blinded_elements, evaluated_elements, proof)
+    return _unblind_and_hash(inputs, blinds, evaluated, None)
 
 
 def evaluate(sk: bytes, data: bytes, mode: Mode) -> bytes:
@@ -455,10 +487,9 @@ def poprf_finalize_batch(
     """POPRF Finalize for a batch: verify the proof against the tweaked key, then finalize."""
     if not len(inputs) == len(blinds) == len(blinded_elements) == len(evaluated_elements):
         raise InvalidInputError("inputs, blinds, blinded and evaluated elements differ in length")
-    verify_proof(
-        group.GENERATOR, tweaked_key, evaluated_elements, blinded_elements, proof, Mode.POPRF
-    )
-    return _unblind_and_hash(inputs, blinds, evaluated_elements, info)
+    evaluated = _decode_elements(evaluated_elements, "evaluated_element")
+    _verify_proof(group.GENERATOR, tweaked_key, evaluated, blinded_elements, proof, Mode.POPRF)
+    return _unblind_and_hash(inputs, blinds, evaluated, info)
 
 
 def poprf_evaluate(sk: bytes, data: bytes, info: bytes) -> bytes:

@@ -231,13 +231,8 @@ def verify_partial(
         weight, group.decode_element(public_share, name="public share")
     )
     try:
-        oprf.verify_proof(
-            group.GENERATOR,
-            weighted_public,
-            blinded_elements,
-            partial.evaluated,
-            partial.proof,
-            MODE,
+        oprf.verify_evaluation_proof(
+            weighted_public, blinded_elements, partial.evaluated, partial.proof, MODE
         )
     except VerifyError as exc:
         raise VerifyError(f"custodian {partial.index}: {exc}") from exc
