@@ -16,6 +16,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q --no-deps openmined-psi==2.0.6
 	touch $@
 
 lint: $(VENV)/.installed-test
@@ -31,6 +32,9 @@ demo: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.bench_oprf
 	$(BIN)/python -m benchmarks.identifier_eval
+
+proto: $(VENV)/.installed-test
+	$(BIN)/python scripts/generate_proto.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

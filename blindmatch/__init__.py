@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the `blindmatch.v1` package (see proto/)."""
