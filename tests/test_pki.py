@@ -1,0 +1,88 @@
+"""Federation PKI: CA, certificates with identities, the signed directory."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from bureau_agent import pki
+from psi.errors import VerifyError
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Path:
+    pki.init_federation(tmp_path, "test")
+    pki.issue_hub(tmp_path, address="127.0.0.1:7000")
+    for code in ("FRA", "DEU"):
+        pki.issue_bureau(tmp_path, code, address=f"{code.lower()}.example:7001")
+    return tmp_path
+
+
+def test_certificates_name_their_holder(federation: Path) -> None:
+    fra = (federation / "bureaus" / "FRA" / "tls.crt").read_bytes()
+    hub = (federation / "hub" / "tls.crt").read_bytes()
+    assert pki.identity_from_pem(fra) == pki.Identity("bureau", "FRA")
+    assert pki.identity_from_pem(hub) == pki.Identity("hub", "hub")
+    cert = x509.load_pem_x509_certificate(fra)
+    ca = x509.load_pem_x509_certificate((federation / "ca" / "ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+
+
+def test_private_keys_are_owner_only(federation: Path) -> None:
+    for path in [federation / "ca" / "ca.key", *(federation / "bureaus" / "FRA").glob("*.key")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_directory_lists_bureaus_and_verifies(federation: Path) -> None:
+    d = pki.load_directory(federation / "directory.json", federation / "ca" / "ca.crt")
+    assert sorted(d.bureaus) == ["DEU", "FRA"]
+    assert d.hub_address == "127.0.0.1:7000"
+    assert len(d.bureau("FRA").hpke_mlkem768) == 1184
+    assert len(d.bureau("FRA").signing_key) == 32 and len(d.hub_audit_key) == 32
+    assert d.version == 3  # made at 0, then hub, FRA, DEU
+
+
+def test_tampered_directory_is_rejected(federation: Path) -> None:
+    path = federation / "directory.json"
+    document = json.loads(path.read_text())
+    document["directory"]["bureaus"][0]["address"] = "evil.example:1"
+    path.write_text(json.dumps(document))
+    with pytest.raises(VerifyError, match="signature does not verify"):
+        pki.load_directory(path, federation / "ca" / "ca.crt")
+
+
+def test_directory_from_another_ca_is_rejected(
+    federation: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = tmp_path_factory.mktemp("other")
+    pki.init_federation(other, "other")
+    with pytest.raises(VerifyError):
+        pki.load_directory(federation / "directory.json", other / "ca" / "ca.crt")
+
+
+def test_reissue_keeps_long_term_keys(federation: Path) -> None:
+    before = pki.load_directory(federation / "directory.json", federation / "ca" / "ca.crt")
+    pki.issue_bureau(federation, "FRA")
+    after = pki.load_directory(federation / "directory.json", federation / "ca" / "ca.crt")
+    assert after.bureau("FRA") == before.bureau("FRA")  # address kept, keys kept
+    assert after.version == before.version + 1
+
+
+@pytest.mark.parametrize("code", ["fr", "FRANCE", "F1A", ""])
+def test_bad_bureau_code(federation: Path, code: str) -> None:
+    with pytest.raises(pki.PkiError, match="three capital letters"):
+        pki.issue_bureau(federation, code)
+
+
+def test_init_refuses_to_overwrite(federation: Path) -> None:
+    with pytest.raises(pki.PkiError, match="refusing to overwrite"):
+        pki.init_federation(federation, "again")
+
+
+def test_identity_requires_exactly_one_certificate() -> None:
+    with pytest.raises(pki.IdentityError, match="no client certificate"):
+        pki.identity_from_auth_context({})
