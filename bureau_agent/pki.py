@@ -58,6 +58,7 @@ __all__ = [
     "load_directory",
     "save_directory",
     "update_directory",
+    "write_private_file",
 ]
 
 BUREAU_CODE = re.compile(r"^[A-Z]{3}$")
@@ -87,7 +88,7 @@ class Identity:
 # -- files -------------------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private_file(path: Path, data: bytes) -> None:
     """Write a secret file readable by its owner only (created 0600, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -242,7 +243,7 @@ def init_federation(root: Path, name: str, *, valid_days: int = 3650) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(root / "ca" / "ca.key", _pem_private(key))
+    write_private_file(root / "ca" / "ca.key", _pem_private(key))
     _write_public(root / "ca" / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
     save_directory(root, Directory(federation=name, version=0))
 
@@ -266,12 +267,12 @@ def issue_hub(
     cert, key = _issue_certificate(
         root, _name("hub", "hub", _federation_name(root)), f"{_URI_PREFIX}hub", hosts, valid_days
     )
-    _write_private(folder / "tls.key", key)
+    write_private_file(folder / "tls.key", key)
     _write_public(folder / "tls.crt", cert)
     _write_public(folder / "ca.crt", _read(root / "ca" / "ca.crt", "CA certificate"))
     audit_path = folder / "audit-signing.key"
     if not audit_path.exists():
-        _write_private(audit_path, _pem_private(ed25519.Ed25519PrivateKey.generate()))
+        write_private_file(audit_path, _pem_private(ed25519.Ed25519PrivateKey.generate()))
     audit_public = load_ed25519_key(audit_path).public_key().public_bytes_raw()
 
     def change(d: Directory) -> Directory:
@@ -307,17 +308,17 @@ def issue_bureau(
         valid_days,
         not_before=not_before,
     )
-    _write_private(folder / "tls.key", key)
+    write_private_file(folder / "tls.key", key)
     _write_public(folder / "tls.crt", cert)
     _write_public(folder / "ca.crt", _read(root / "ca" / "ca.crt", "CA certificate"))
     # Long-term keys survive a certificate renewal: only make them once.
     if not (folder / "signing.key").exists():
-        _write_private(folder / "signing.key", _pem_private(ed25519.Ed25519PrivateKey.generate()))
+        write_private_file(folder / "signing.key", _pem_private(ed25519.Ed25519PrivateKey.generate()))
     if not (folder / "hpke-mlkem768.key").exists():
-        _write_private(
+        write_private_file(
             folder / "hpke-mlkem768.key", mlkem.MLKEM768PrivateKey.generate().private_bytes_raw()
         )
-        _write_private(
+        write_private_file(
             folder / "hpke-x25519.key", x25519.X25519PrivateKey.generate().private_bytes_raw()
         )
     signing = load_ed25519_key(folder / "signing.key").public_key().public_bytes_raw()
