@@ -71,7 +71,9 @@ def run_ceremony(
             "share": share.value.hex(),
             "commitments": [c.hex() for c in commitments.points],
         }
-        pki.write_private_file(share_path(root, epoch, code), json.dumps(document, indent=2).encode())
+        pki.write_private_file(
+            share_path(root, epoch, code), json.dumps(document, indent=2).encode()
+        )
     pki.update_directory(root, lambda d: d.replace(epochs={**d.epochs, epoch: entry}))
     return entry
 

@@ -25,6 +25,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,11 +46,13 @@ __all__ = [
     "BUREAU_CODE",
     "BureauEntry",
     "Directory",
+    "DirectoryCache",
     "EpochEntry",
     "Identity",
     "IdentityError",
     "PkiError",
     "TlsFiles",
+    "certificate_serial",
     "identity_from_auth_context",
     "identity_from_pem",
     "init_federation",
@@ -313,7 +316,9 @@ def issue_bureau(
     _write_public(folder / "ca.crt", _read(root / "ca" / "ca.crt", "CA certificate"))
     # Long-term keys survive a certificate renewal: only make them once.
     if not (folder / "signing.key").exists():
-        write_private_file(folder / "signing.key", _pem_private(ed25519.Ed25519PrivateKey.generate()))
+        write_private_file(
+            folder / "signing.key", _pem_private(ed25519.Ed25519PrivateKey.generate())
+        )
     if not (folder / "hpke-mlkem768.key").exists():
         write_private_file(
             folder / "hpke-mlkem768.key", mlkem.MLKEM768PrivateKey.generate().private_bytes_raw()
@@ -403,6 +408,7 @@ def identity_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> I
 
 
 def certificate_serial(cert_pem: bytes) -> int:
+    """The serial number of a PEM certificate (what the revocation list names)."""
     return x509.load_pem_x509_certificate(cert_pem).serial_number
 
 
@@ -570,3 +576,40 @@ def load_directory(path: Path, ca_cert: Path) -> Directory:
     except InvalidSignature:
         raise VerifyError(f"{path}: directory signature does not verify against the CA") from None
     return Directory.from_json(body)
+
+
+class DirectoryCache:
+    """The verified directory, re-read whenever its file changes on disk.
+
+    Directory updates (a new bureau, a changed address, a new epoch, a
+    revocation) reach a running daemon without a restart; a file that fails
+    verification is refused and the last good directory stays in force.
+    """
+
+    def __init__(self, path: Path, ca_cert: Path) -> None:
+        self._path = path
+        self._ca_cert = ca_cert
+        self._stamp: tuple[int, int] | None = None
+        self._directory = load_directory(path, ca_cert)
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int]:
+        st = self._path.stat()
+        return st.st_mtime_ns, st.st_size
+
+    def get(self) -> Directory:
+        """The current directory (re-verified if the file changed)."""
+        try:
+            stamp = self._file_stamp()
+        except FileNotFoundError:
+            return self._directory
+        if stamp != self._stamp:
+            try:
+                self._directory = load_directory(self._path, self._ca_cert)
+            except (PkiError, VerifyError) as exc:
+                logging.getLogger("blindmatch.pki").warning(
+                    "directory update refused, keeping version %d: %s", self._directory.version, exc
+                )
+                return self._directory
+            self._stamp = stamp
+        return self._directory

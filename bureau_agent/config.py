@@ -1,0 +1,158 @@
+"""The agent daemon's configuration: a typed, frozen object loaded from TOML.
+
+bureau = "FRA"
+federation = "/etc/blindmatch/federation"   # folder with directory.json, ca/ca.crt
+credentials = "/etc/blindmatch/FRA"         # folder with tls.crt, tls.key, ca.crt, keys
+state_dir = "/var/lib/blindmatch"           # records.sqlite, agent.sock, address
+listen = "127.0.0.1:7443"                   # custodian service (mutual TLS); port 0 = any
+hub = "hub.example:7443"                    # default: the directory's hub address
+phone_region = "FR"                         # default region for national phone numbers
+batch_size = 1000                           # elements per OPRF batch
+workers = 0                                 # CPU worker processes, 0 = one per core
+rpc_timeout = 30.0                          # seconds, every outgoing RPC
+
+[custodian]                                 # only on custodian bureaus
+share = "/etc/blindmatch/FRA/epoch-1.share.json"
+max_batch = 4096
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bureau_agent import pki
+
+__all__ = ["AgentConfig", "ConfigError", "CustodianConfig"]
+
+
+class ConfigError(pki.PkiError):
+    """The configuration file is missing, malformed or names a bad value."""
+
+
+@dataclass(frozen=True)
+class CustodianConfig:
+    """The custodian role: where the share is, and the largest batch served."""
+
+    share: Path
+    max_batch: int = 4096
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent daemon and the CLI need to know about one bureau."""
+
+    bureau: str
+    federation: Path
+    credentials: Path
+    state_dir: Path
+    listen: str = "127.0.0.1:0"
+    hub: str = ""
+    phone_region: str = ""
+    batch_size: int = 1000
+    workers: int = 0
+    rpc_timeout: float = 30.0
+    custodian: CustodianConfig | None = None
+    source: Path | None = None
+
+    @property
+    def directory_path(self) -> Path:
+        return self.federation / "directory.json"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.federation / "ca" / "ca.crt"
+
+    @property
+    def tls(self) -> pki.TlsFiles:
+        return pki.TlsFiles.in_folder(self.credentials)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "agent.sock"
+
+    @property
+    def address_file(self) -> Path:
+        return self.state_dir / "address"
+
+    @property
+    def records_path(self) -> Path:
+        return self.state_dir / "records.sqlite"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        """Read a TOML file; relative paths are relative to the file's folder."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"agent configuration not found at {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return cls.from_mapping(data, base=path.parent, source=path)
+
+    @classmethod
+    def from_mapping(
+        cls, data: dict[str, Any], *, base: Path, source: Path | None = None
+    ) -> AgentConfig:
+        where = str(source or "configuration")
+        known = {
+            "bureau", "federation", "credentials", "state_dir", "listen", "hub",
+            "phone_region", "batch_size", "workers", "rpc_timeout", "custodian",
+        }  # fmt: skip
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+
+        def text(key: str, default: str | None = None) -> str:
+            value = data.get(key, default)
+            if not isinstance(value, str) or (default is None and not value):
+                raise ConfigError(f"{where}: {key} must be a non-empty string")
+            return value
+
+        def number(key: str, default: float, kind: type) -> Any:
+            value = data.get(key, default)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}: {key} must be a non-negative number")
+            return kind(value)
+
+        def folder(key: str) -> Path:
+            p = Path(text(key))
+            return p if p.is_absolute() else base / p
+
+        bureau = text("bureau")
+        if not pki.BUREAU_CODE.match(bureau):
+            raise ConfigError(f"{where}: bureau {bureau!r} must be three capital letters")
+        custodian = None
+        if "custodian" in data:
+            section = data["custodian"]
+            if not isinstance(section, dict) or "share" not in section:
+                raise ConfigError(f"{where}: [custodian] needs share = <path to the share file>")
+            share = Path(str(section["share"]))
+            custodian = CustodianConfig(
+                share=share if share.is_absolute() else base / share,
+                max_batch=int(section.get("max_batch", 4096)),
+            )
+        batch_size = number("batch_size", 1000, int)
+        if not 1 <= batch_size <= 65535:
+            raise ConfigError(f"{where}: batch_size must be between 1 and 65535")
+        return cls(
+            bureau=bureau,
+            federation=folder("federation"),
+            credentials=folder("credentials"),
+            state_dir=folder("state_dir"),
+            listen=text("listen", "127.0.0.1:0"),
+            hub=text("hub", ""),
+            phone_region=text("phone_region", ""),
+            batch_size=batch_size,
+            workers=number("workers", 0, int),
+            rpc_timeout=number("rpc_timeout", 30.0, float),
+            custodian=custodian,
+            source=source,
+        )

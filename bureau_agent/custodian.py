@@ -1,0 +1,142 @@
+"""The custodian service: a thin gRPC shell around `psi.threshold.partial_evaluate`.
+
+Rules it enforces before any scalar multiplication:
+* the caller is a bureau of the signed directory (identity from its certificate);
+* the request's epoch is the epoch of the share this custodian holds
+  (FAILED_PRECONDITION otherwise);
+* the participant set contains this custodian, only indices of the epoch, no
+  repeats, and at least t of them (INVALID_ARGUMENT);
+* 1 to `max_batch` blinded elements, each a canonical non-identity encoding
+  (INVALID_ARGUMENT naming the index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+
+from blindmatch.v1 import custodian_pb2, custodian_pb2_grpc
+from bureau_agent import pki, rpc, work
+from bureau_agent.ceremony import CustodianShare
+
+__all__ = ["CustodianService"]
+
+log = logging.getLogger("blindmatch.custodian")
+
+
+class CustodianService(custodian_pb2_grpc.CustodianServicer):
+    """Serves one custodian share."""
+
+    def __init__(
+        self,
+        share: CustodianShare,
+        directory: Callable[[], pki.Directory],
+        executor: Executor,
+        *,
+        max_batch: int = 4096,
+    ) -> None:
+        self._share = share
+        self._directory = directory
+        self._executor = executor
+        self._max_batch = max_batch
+
+    async def GetKeyInfo(
+        self, request: custodian_pb2.GetKeyInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> custodian_pb2.KeyInfo:
+        try:
+            rpc.caller_identity(context, self._directory())
+            self._check_epoch(request.epoch or self._share.epoch.epoch)
+        except Exception as exc:
+            await rpc.abort_for(context, exc)
+        share = self._share
+        return custodian_pb2.KeyInfo(
+            epoch=share.epoch.epoch,
+            share_index=share.share.index,
+            threshold=share.epoch.threshold,
+            custodians=len(share.epoch.custodians),
+            public_share=share.commitments.public_share(share.share.index),
+            group_public_key=share.commitments.group_public_key,
+            commitments=list(share.commitments.points),
+            custodian=share.custodian,
+        )
+
+    async def Evaluate(
+        self, request: custodian_pb2.EvaluateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> custodian_pb2.EvaluateResponse:
+        try:
+            caller = rpc.caller_identity(context, self._directory())
+            self._check_epoch(request.epoch)
+            participants = self._check_participants(list(request.participants))
+            blinded = self._check_blinded(list(request.blinded_elements))
+        except Exception as exc:
+            await rpc.abort_for(context, exc)
+        loop = asyncio.get_running_loop()
+        share = self._share.share
+        try:
+            evaluated, proof = await loop.run_in_executor(
+                self._executor,
+                work.custodian_evaluate,
+                share.index,
+                share.value,
+                participants,
+                blinded,
+            )
+        except Exception as exc:
+            await rpc.abort_for(context, exc)
+        log.info(
+            "evaluated batch",
+            extra={"caller": caller.code, "elements": len(blinded), "epoch": request.epoch},
+        )
+        return custodian_pb2.EvaluateResponse(
+            epoch=request.epoch,
+            share_index=share.index,
+            evaluated_elements=evaluated,
+            proof=proof,
+        )
+
+    def _check_epoch(self, epoch: int) -> None:
+        held = self._share.epoch.epoch
+        if epoch != held:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"custodian {self._share.custodian} holds a share of epoch {held}, "
+                f"not of epoch {epoch}",
+            )
+
+    def _check_participants(self, participants: list[int]) -> list[int]:
+        entry = self._share.epoch
+        valid = set(entry.custodians.values())
+        own = self._share.share.index
+        if own not in participants:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"participants {participants} do not include this custodian's index {own}",
+            )
+        if len(set(participants)) != len(participants) or not set(participants) <= valid:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"participants {participants} must be distinct indices of epoch "
+                f"{entry.epoch} ({sorted(valid)})",
+            )
+        if len(participants) < entry.threshold:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(participants)} participants is fewer than the threshold {entry.threshold}",
+            )
+        return participants
+
+    def _check_blinded(self, blinded: list[bytes]) -> list[bytes]:
+        if not 1 <= len(blinded) <= self._max_batch:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"blinded_elements has {len(blinded)} elements; "
+                f"send between 1 and {self._max_batch}",
+            )
+        # Each element's encoding is checked by partial_evaluate in the worker,
+        # which names the bad index; doing it here too would cost twice.
+        return blinded

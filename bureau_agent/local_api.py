@@ -1,0 +1,544 @@
+"""The agent's local API (Unix socket): enrollment, query, bulk match, notices.
+
+The servicer is a thin shell: files are read by `ingest`, identifiers become
+match keys in `psi.identifiers`, tags come from `ThresholdTagger`, and the
+hub is reached through its generated stub.  Data flows one way:
+file -> normalize -> blind -> evaluate -> finalize -> hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc
+
+from blindmatch.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    custodian_pb2,
+    custodian_pb2_grpc,
+    hub_pb2,
+    hub_pb2_grpc,
+)
+from bureau_agent import ingest, pki, rpc
+from bureau_agent.config import AgentConfig
+from bureau_agent.records import EnrollmentWriter, RecordStore
+from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
+from psi.errors import BlindmatchError, InvalidInputError
+from psi.identifiers import InvalidRecordError, KeyType, MatchKey, Record, match_keys
+
+__all__ = ["AgentService", "key_type_from_proto", "key_type_to_proto"]
+
+log = logging.getLogger("blindmatch.agent")
+
+_KEY_TYPES = {
+    KeyType.PASSPORT: common_pb2.KEY_TYPE_PASSPORT,
+    KeyType.IDCARD: common_pb2.KEY_TYPE_IDCARD,
+    KeyType.PERSON: common_pb2.KEY_TYPE_PERSON,
+    KeyType.PERSON_PHONETIC: common_pb2.KEY_TYPE_PERSON_PHONETIC,
+    KeyType.PHONE: common_pb2.KEY_TYPE_PHONE,
+    KeyType.EMAIL: common_pb2.KEY_TYPE_EMAIL,
+    KeyType.IBAN: common_pb2.KEY_TYPE_IBAN,
+    KeyType.VIN: common_pb2.KEY_TYPE_VIN,
+}
+_KEY_TYPES_BACK = {v: k for k, v in _KEY_TYPES.items()}
+IN_FLIGHT = 4  # OPRF batches tagged concurrently per enrollment (keeps both cores busy)
+
+
+def key_type_to_proto(key_type: KeyType) -> common_pb2.KeyType.ValueType:
+    return _KEY_TYPES[key_type]
+
+
+def key_type_from_proto(value: int) -> KeyType:
+    try:
+        return _KEY_TYPES_BACK[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidInputError(f"unknown key type {value}", field="key_type") from None
+
+
+@dataclass
+class _Batch:
+    """One OPRF batch of keys read from a file, with where each key came from."""
+
+    keys: list[MatchKey]
+    handles: list[bytes]
+    rows: list[tuple[str, int]]  # (record_id, line) per key
+    rejections: list[ingest.Rejection]
+    rows_read: int
+    bytes_read: int
+
+
+class AgentService(agent_pb2_grpc.AgentServicer):
+    """The local API of one bureau's agent."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        directory: pki.DirectoryCache,
+        tagger: ThresholdTagger,
+        store: RecordStore,
+    ) -> None:
+        self._config = config
+        self._directory = directory
+        self._tagger = tagger
+        self._store = store
+        self._store_lock = asyncio.Lock()
+        self._hub_channel: grpc.aio.Channel | None = None
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _hub(self) -> hub_pb2_grpc.HubAsyncStub:
+        if self._hub_channel is None:
+            address = self._config.hub or self._directory.get().hub_address
+            if not address:
+                raise rpc.RpcAbort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "no hub address: set `hub` in the agent configuration or in the directory",
+                )
+            self._hub_channel = grpc.aio.secure_channel(
+                address, self._config.tls.channel_credentials(), options=rpc.CHANNEL_OPTIONS
+            )
+        return hub_pb2_grpc.HubStub(self._hub_channel)
+
+    async def close(self) -> None:
+        if self._hub_channel is not None:
+            await self._hub_channel.close()
+        await self._tagger.close()
+
+    @property
+    def _timeout(self) -> float:
+        return self._config.rpc_timeout
+
+    async def _guard(
+        self, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[Any]
+    ) -> Any:
+        try:
+            return await work
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"hub: {exc.details()}")
+        except CustodiansUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except (BlindmatchError, OSError) as exc:
+            await rpc.abort_for(
+                context, exc if isinstance(exc, BlindmatchError) else InvalidInputError(str(exc))
+            )
+
+    # -- enrollment -------------------------------------------------------
+
+    async def Enroll(
+        self, request: agent_pb2.LocalEnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_pb2.LocalEnrollEvent]:
+        try:
+            schema = ingest.Schema.load(request.schema_path)
+            if not request.dataset:
+                raise InvalidInputError("a dataset name is required", field="dataset")
+            if request.strict:
+                rejections = await asyncio.to_thread(_all_rejections, request.path, schema)
+                if rejections:
+                    for r in rejections[:1000]:
+                        yield agent_pb2.LocalEnrollEvent(rejection=_rejection(r))
+                    raise rpc.RpcAbort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"--strict: {len(rejections)} rejected field(s) in {request.path}; "
+                        "nothing was sent",
+                    )
+            async with self._store_lock:
+                async for event in self._enroll(request, schema):
+                    yield event
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"hub: {exc.details()}")
+        except CustodiansUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except BlindmatchError as exc:
+            await rpc.abort_for(context, exc)
+
+    async def _enroll(
+        self, request: agent_pb2.LocalEnrollRequest, schema: ingest.Schema
+    ) -> AsyncIterator[agent_pb2.LocalEnrollEvent]:
+        started = time.monotonic()
+        epoch = self._tagger.epoch.epoch
+        policy = {
+            "reveal_owner": request.policy.reveal_owner,
+            "reveal_category": request.policy.reveal_category,
+            "linkable": request.policy.linkable,
+        }
+        total_bytes = os.path.getsize(request.path) if os.path.exists(request.path) else 0
+        summary = ingest.Summary(file=request.path)
+        digest = hashlib.sha256()
+        tag_count = 0
+        hub = self._hub()
+        call = hub.Enroll(timeout=None)
+        await call.write(
+            hub_pb2.EnrollRequest(
+                header=hub_pb2.EnrollHeader(
+                    dataset=request.dataset,
+                    epoch=epoch,
+                    policy=request.policy,
+                    category=request.category,
+                    replace=request.replace,
+                )
+            )
+        )
+        with self._store.enrollment(
+            request.dataset, epoch=epoch, category=request.category, policy=policy
+        ) as writer:
+            batches = _read_batches(request.path, schema, writer, summary, self._config.batch_size)
+            pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
+            exhausted = False
+            try:
+                while pending or not exhausted:
+                    while not exhausted and len(pending) < IN_FLIGHT:
+                        batch = await asyncio.to_thread(next, batches, None)
+                        if batch is None:
+                            exhausted = True
+                            break
+                        inputs = [k.oprf_input for k in batch.keys]
+                        pending.append((batch, asyncio.create_task(self._tagger.tag(inputs))))
+                    if not pending:
+                        break
+                    batch, task = pending.pop(0)
+                    tags = await task
+                    keys = [
+                        common_pb2.TaggedKey(tag=t, handle=h, key_type=_KEY_TYPES[k.type])
+                        for t, h, k in zip(tags, batch.handles, batch.keys, strict=True)
+                    ]
+                    for key in keys:
+                        digest.update(key.tag + key.handle + bytes([key.key_type]))
+                    tag_count += len(keys)
+                    if keys:
+                        await call.write(hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=keys)))
+                    for r in batch.rejections:
+                        yield agent_pb2.LocalEnrollEvent(rejection=_rejection(r))
+                    yield agent_pb2.LocalEnrollEvent(
+                        progress=agent_pb2.Progress(
+                            rows=summary.rows,
+                            keys=summary.keys,
+                            tags=tag_count,
+                            bytes_read=batch.bytes_read,
+                            bytes_total=total_bytes,
+                        )
+                    )
+                await call.write(
+                    hub_pb2.EnrollRequest(
+                        trailer=hub_pb2.EnrollTrailer(tag_count=tag_count, digest=digest.digest())
+                    )
+                )
+                await call.done_writing()
+                response: hub_pb2.EnrollResponse = await call
+            except BaseException:
+                for _, task in pending:
+                    task.cancel()
+                call.cancel()
+                raise
+            await asyncio.to_thread(writer.commit, response.version)
+        yield agent_pb2.LocalEnrollEvent(
+            summary=agent_pb2.EnrollSummary(
+                dataset=request.dataset,
+                version=response.version,
+                rows=summary.rows,
+                accepted=summary.accepted,
+                rejected=summary.rejected,
+                keys=summary.keys,
+                keys_by_type={t.value: n for t, n in summary.keys_by_type.items()},
+                seconds=time.monotonic() - started,
+                new_notices=response.new_notices,
+            )
+        )
+
+    # -- removal ----------------------------------------------------------
+
+    async def Remove(
+        self, request: agent_pb2.LocalRemoveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.LocalRemoveResponse:
+        result: agent_pb2.LocalRemoveResponse = await self._guard(context, self._remove(request))
+        return result
+
+    async def _remove(self, request: agent_pb2.LocalRemoveRequest) -> agent_pb2.LocalRemoveResponse:
+        async with self._store_lock:
+            local = self._store.dataset(request.dataset)
+            if local is None:
+                raise rpc.RpcAbort(
+                    grpc.StatusCode.NOT_FOUND, f"this agent has no dataset {request.dataset!r}"
+                )
+            unknown: list[str] = []
+            handles: list[bytes] = []
+            for text in request.handles:
+                try:
+                    raw = bytes.fromhex(text)
+                except ValueError:
+                    raise InvalidInputError(
+                        f"{text!r} is not a hex handle", field="handles"
+                    ) from None
+                if self._store.known_handles(request.dataset, [raw]):
+                    handles.append(raw)
+                else:
+                    unknown.append(text)
+            by_record = self._store.handles_for(request.dataset, request.record_ids)
+            unknown.extend(r for r in request.record_ids if r not in by_record)
+            for record_handles in by_record.values():
+                handles.extend(record_handles)
+            if not handles:
+                return agent_pb2.LocalRemoveResponse(
+                    removed_keys=0, version=local.hub_version, unknown=unknown
+                )
+            reply: hub_pb2.UpdateDatasetResponse = await self._hub().UpdateDataset(
+                hub_pb2.UpdateDatasetRequest(
+                    dataset=request.dataset, epoch=local.epoch, remove_handles=handles
+                ),
+                timeout=self._timeout,
+            )
+            self._store.mark_removed(handles, reply.version, request.dataset)
+            return agent_pb2.LocalRemoveResponse(
+                removed_keys=len(handles), version=reply.version, unknown=unknown
+            )
+
+    # -- query ------------------------------------------------------------
+
+    async def Query(
+        self, request: agent_pb2.LocalQueryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.LocalQueryResponse:
+        result: agent_pb2.LocalQueryResponse = await self._guard(context, self._query(request))
+        return result
+
+    async def _query(self, request: agent_pb2.LocalQueryRequest) -> agent_pb2.LocalQueryResponse:
+        ids = request.identifiers
+        record = Record(
+            record_id="query",
+            **{f: (getattr(ids, f) or None) for f in ingest.FIELDS},
+        )
+        try:
+            keys = match_keys(record, phone_region=self._config.phone_region or None)
+        except InvalidRecordError as exc:
+            raise InvalidInputError(str(exc)) from None
+        tags = await self._tagger.tag([k.oprf_input for k in keys])
+        reply: hub_pb2.QueryResponse = await self._hub().Query(
+            hub_pb2.QueryRequest(
+                epoch=self._tagger.epoch.epoch,
+                tags=[
+                    common_pb2.QueryTag(tag=t, key_type=_KEY_TYPES[k.type])
+                    for t, k in zip(tags, keys, strict=True)
+                ],
+                include_own=request.include_own,
+            ),
+            timeout=self._timeout,
+        )
+        return agent_pb2.LocalQueryResponse(
+            matches=list(reply.matches), keys_queried=[k.type.value for k in keys]
+        )
+
+    # -- bulk match -------------------------------------------------------
+
+    async def MatchFile(
+        self, request: agent_pb2.LocalMatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_pb2.LocalMatchEvent]:
+        try:
+            schema = ingest.Schema.load(request.schema_path)
+            async for event in self._match_file(request, schema):
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"hub: {exc.details()}")
+        except CustodiansUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except BlindmatchError as exc:
+            await rpc.abort_for(context, exc)
+
+    async def _match_file(
+        self, request: agent_pb2.LocalMatchRequest, schema: ingest.Schema
+    ) -> AsyncIterator[agent_pb2.LocalMatchEvent]:
+        started = time.monotonic()
+        epoch = self._tagger.epoch.epoch
+        total_bytes = os.path.getsize(request.path) if os.path.exists(request.path) else 0
+        summary = ingest.Summary(file=request.path)
+        batches = _read_batches(request.path, schema, None, summary, self._config.batch_size)
+        call = self._hub().BulkMatch(timeout=None)
+        pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
+        exhausted = False
+        batch_id = 0
+        hits = 0
+        try:
+            while pending or not exhausted:
+                while not exhausted and len(pending) < IN_FLIGHT:
+                    batch = await asyncio.to_thread(next, batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    pending.append(
+                        (
+                            batch,
+                            asyncio.create_task(
+                                self._tagger.tag([k.oprf_input for k in batch.keys])
+                            ),
+                        )
+                    )
+                if not pending:
+                    break
+                batch, task = pending.pop(0)
+                tags = await task
+                for r in batch.rejections:
+                    yield agent_pb2.LocalMatchEvent(rejection=_rejection(r))
+                if tags:
+                    batch_id += 1
+                    await call.write(
+                        hub_pb2.BulkMatchRequest(
+                            batch_id=batch_id,
+                            epoch=epoch,
+                            tags=[
+                                common_pb2.QueryTag(tag=t, key_type=_KEY_TYPES[k.type])
+                                for t, k in zip(tags, batch.keys, strict=True)
+                            ],
+                            include_own=request.include_own,
+                        )
+                    )
+                    answer = await call.read()
+                    if not isinstance(answer, hub_pb2.BulkMatchResponse) or (
+                        answer.batch_id != batch_id
+                    ):
+                        raise InvalidInputError("hub answered bulk batches out of order")
+                    for match in answer.matches:
+                        record_id, line = batch.rows[match.query_index]
+                        hits += 1
+                        yield agent_pb2.LocalMatchEvent(
+                            hit=agent_pb2.FileHit(record_id=record_id, line=line, match=match)
+                        )
+                yield agent_pb2.LocalMatchEvent(
+                    progress=agent_pb2.Progress(
+                        rows=summary.rows,
+                        keys=summary.keys,
+                        tags=summary.keys,
+                        bytes_read=batch.bytes_read,
+                        bytes_total=total_bytes,
+                    )
+                )
+            await call.done_writing()
+        except BaseException:
+            for _, task in pending:
+                task.cancel()
+            call.cancel()
+            raise
+        yield agent_pb2.LocalMatchEvent(
+            summary=agent_pb2.EnrollSummary(
+                rows=summary.rows,
+                accepted=summary.accepted,
+                rejected=summary.rejected,
+                keys=summary.keys,
+                keys_by_type={t.value: n for t, n in summary.keys_by_type.items()},
+                seconds=time.monotonic() - started,
+            )
+        )
+
+    # -- notices, datasets, status ---------------------------------------
+
+    async def Hits(
+        self, request: agent_pb2.LocalHitsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[common_pb2.Notice]:
+        cursor = 0 if request.all else int(self._store.get_state("notice_cursor", "0"))
+        try:
+            stream = self._hub().WatchNotices(
+                hub_pb2.WatchNoticesRequest(after_sequence=cursor, follow=request.follow)
+            )
+            async for notice in stream:
+                yield notice
+                if notice.sequence > int(self._store.get_state("notice_cursor", "0")):
+                    self._store.set_state("notice_cursor", str(notice.sequence))
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"hub: {exc.details()}")
+
+    async def ListDatasets(
+        self,
+        request: agent_pb2.LocalListDatasetsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb2.LocalListDatasetsResponse:
+        reply: hub_pb2.ListDatasetsResponse = await self._guard(
+            context, self._hub().ListDatasets(hub_pb2.ListDatasetsRequest(), timeout=self._timeout)
+        )
+        return agent_pb2.LocalListDatasetsResponse(datasets=list(reply.datasets))
+
+    async def GetStatus(
+        self, request: agent_pb2.LocalStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.AgentStatus:
+        directory = self._directory.get()
+        status = agent_pb2.AgentStatus(bureau=self._config.bureau)
+        entry = directory.current_epoch
+        if entry is not None:
+            status.epoch = entry.epoch
+            status.share_index = entry.custodians.get(self._config.bureau, 0)
+            status.custodian = self._config.custodian is not None
+        status.hub = self._config.hub or directory.hub_address
+        try:
+            await self._hub().GetStatus(hub_pb2.GetStatusRequest(), timeout=min(5.0, self._timeout))
+            status.hub_reachable = True
+        except (grpc.aio.AioRpcError, rpc.RpcAbort):
+            status.hub_reachable = False
+        if entry is not None:
+            credentials = self._config.tls.channel_credentials()
+            for code, index in sorted(entry.custodians.items(), key=lambda kv: kv[1]):
+                address = directory.bureaus[code].address if code in directory.bureaus else ""
+                item = agent_pb2.CustodianStatus(bureau=code, share_index=index, address=address)
+                if address:
+                    async with grpc.aio.secure_channel(address, credentials) as channel:
+                        try:
+                            info = await custodian_pb2_grpc.CustodianStub(channel).GetKeyInfo(
+                                custodian_pb2.GetKeyInfoRequest(epoch=entry.epoch), timeout=5.0
+                            )
+                            item.reachable = info.share_index == index
+                            if not item.reachable:
+                                item.error = (
+                                    f"serves share {info.share_index}, directory says {index}"
+                                )
+                        except grpc.aio.AioRpcError as exc:
+                            item.error = f"{exc.code().name}: {exc.details()}"
+                else:
+                    item.error = "no address in the directory"
+                status.custodians.append(item)
+        return status
+
+
+def _rejection(r: ingest.Rejection) -> agent_pb2.RowRejection:
+    return agent_pb2.RowRejection(file=r.file, line=r.line, field=r.field, reason=r.reason)
+
+
+def _all_rejections(path: str, schema: ingest.Schema) -> list[ingest.Rejection]:
+    out: list[ingest.Rejection] = []
+    for row in ingest.read_rows(path, schema):
+        if isinstance(row, ingest.Rejected):
+            out.extend(row.rejections)
+    return out
+
+
+def _read_batches(
+    path: str,
+    schema: ingest.Schema,
+    writer: EnrollmentWriter | None,
+    summary: ingest.Summary,
+    batch_size: int,
+) -> Iterator[_Batch]:
+    """Group a file's keys into OPRF batches; with a writer, store records and
+    assign handles as they go.  Runs in a worker thread, one batch per call."""
+    position = [0]
+    rows = ingest.read_rows(path, schema, on_progress=lambda n: position.__setitem__(0, n))
+    batch = _Batch([], [], [], [], 0, 0)
+    for row in rows:
+        summary.add(row)
+        if isinstance(row, ingest.Rejected):
+            batch.rejections.extend(row.rejections)
+            continue
+        if writer is not None:
+            fields = {k: v for k, v in asdict(row.record).items() if v and k != "record_id"}
+            batch.handles.extend(writer.add_record(row.record_id, row.line, fields, row.keys))
+        batch.keys.extend(row.keys)
+        batch.rows.extend((row.record_id, row.line) for _ in row.keys)
+        if len(batch.keys) >= batch_size:
+            batch.rows_read, batch.bytes_read = summary.rows, position[0]
+            yield batch
+            batch = _Batch([], [], [], [], 0, 0)
+    batch.rows_read, batch.bytes_read = summary.rows, position[0]
+    if batch.keys or batch.rejections:
+        yield batch

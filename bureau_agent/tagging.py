@@ -1,0 +1,223 @@
+"""The bureau's side of the threshold OPRF: blind once, ask t custodians in
+parallel, verify every answer, combine, unblind, finalize.
+
+Failover: when a custodian is unreachable, answers with an error, or sends an
+answer that fails verification, it is excluded for this batch and the batch
+is re-asked of a new participant set (the Lagrange weights depend on the set,
+so the remaining custodians are asked again too).  With n custodians the
+batch succeeds while at least t of them are honest and reachable; otherwise
+`CustodiansUnavailable` names every custodian and what went wrong with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import grpc
+
+from blindmatch.v1 import custodian_pb2, custodian_pb2_grpc
+from bureau_agent import pki, rpc, work
+from psi import threshold
+from psi.errors import BlindmatchError
+
+__all__ = ["CustodiansUnavailable", "ThresholdTagger"]
+
+log = logging.getLogger("blindmatch.tagging")
+
+
+class CustodiansUnavailable(BlindmatchError):
+    """Fewer than t custodians could evaluate a batch; the message names each failure."""
+
+
+@dataclass
+class _Custodian:
+    code: str
+    index: int
+    address: str
+    channel: grpc.aio.Channel | None = None
+    failures: int = 0
+    last_error: str = ""
+    retry_after: float = 0.0
+
+
+@dataclass
+class TaggingStats:
+    """Counters for the summary and the status RPC."""
+
+    batches: int = 0
+    elements: int = 0
+    retries: int = 0
+    custodian_errors: dict[str, str] = field(default_factory=dict)
+
+
+class ThresholdTagger:
+    """Turns OPRF inputs into tags with the custodians of the directory's current epoch."""
+
+    def __init__(
+        self,
+        directory: pki.DirectoryCache,
+        tls: pki.TlsFiles,
+        executor: Executor,
+        *,
+        rpc_timeout: float = 30.0,
+        epoch: int | None = None,
+    ) -> None:
+        self._directory = directory
+        self._tls = tls
+        self._executor = executor
+        self._timeout = rpc_timeout
+        self._epoch = epoch
+        self._custodians: dict[str, _Custodian] = {}
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._closing: set[asyncio.Future[None]] = set()
+        self.stats = TaggingStats()
+
+    @property
+    def epoch(self) -> pki.EpochEntry:
+        d = self._directory.get()
+        entry = d.epochs.get(self._epoch) if self._epoch is not None else d.current_epoch
+        if entry is None:
+            raise CustodiansUnavailable(
+                "the federation directory has no key epoch"
+                + (f" {self._epoch}" if self._epoch is not None else "")
+                + "; run `blindmatch keys ceremony` first"
+            )
+        return entry
+
+    def _refresh(self, entry: pki.EpochEntry) -> list[_Custodian]:
+        d = self._directory.get()
+        current: list[_Custodian] = []
+        for code, index in sorted(entry.custodians.items(), key=lambda kv: kv[1]):
+            address = d.bureaus[code].address if code in d.bureaus else ""
+            known = self._custodians.get(code)
+            if known is None or known.address != address or known.index != index:
+                if known is not None and known.channel is not None:
+                    task = asyncio.ensure_future(known.channel.close())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+                known = _Custodian(code, index, address)
+                self._custodians[code] = known
+            current.append(known)
+        return current
+
+    def _channel(self, custodian: _Custodian) -> grpc.aio.Channel:
+        if custodian.channel is None:
+            if self._credentials is None:
+                self._credentials = self._tls.channel_credentials()
+            custodian.channel = grpc.aio.secure_channel(
+                custodian.address, self._credentials, options=rpc.CHANNEL_OPTIONS
+            )
+        return custodian.channel
+
+    async def close(self) -> None:
+        for custodian in self._custodians.values():
+            if custodian.channel is not None:
+                await custodian.channel.close()
+                custodian.channel = None
+
+    async def _evaluate(
+        self, custodian: _Custodian, epoch: int, participants: list[int], blinded: list[bytes]
+    ) -> tuple[int, list[bytes], bytes]:
+        if not custodian.address:
+            raise CustodiansUnavailable(f"{custodian.code} has no address in the directory")
+        stub = custodian_pb2_grpc.CustodianStub(self._channel(custodian))
+        reply = await stub.Evaluate(
+            custodian_pb2.EvaluateRequest(
+                epoch=epoch, participants=participants, blinded_elements=blinded
+            ),
+            timeout=self._timeout,
+        )
+        if reply.share_index != custodian.index or reply.epoch != epoch:
+            raise CustodiansUnavailable(
+                f"{custodian.code} answered as share {reply.share_index} of epoch {reply.epoch}"
+            )
+        return custodian.index, list(reply.evaluated_elements), reply.proof
+
+    def _choose(self, custodians: list[_Custodian], excluded: set[str], t: int) -> list[_Custodian]:
+        now = time.monotonic()
+        usable = [c for c in custodians if c.code not in excluded]
+        # Prefer custodians that have not failed recently; fall back to any.
+        usable.sort(key=lambda c: (c.retry_after > now, c.failures, c.index))
+        return usable[:t]
+
+    async def tag(self, inputs: Sequence[bytes]) -> list[bytes]:
+        """Tags for `inputs` (OPRF inputs, e.g. `MatchKey.oprf_input`), in order."""
+        if not inputs:
+            return []
+        entry = self.epoch
+        loop = asyncio.get_running_loop()
+        blinds, blinded = await loop.run_in_executor(self._executor, work.blind_chunk, list(inputs))
+        custodians = self._refresh(entry)
+        public = _public_shares(entry)
+        excluded: dict[str, str] = {}
+        while True:
+            chosen = self._choose(custodians, set(excluded), entry.threshold)
+            if len(chosen) < entry.threshold:
+                details = "; ".join(f"{code}: {why}" for code, why in sorted(excluded.items()))
+                raise CustodiansUnavailable(
+                    f"only {len(chosen)} of the {entry.threshold} custodians needed for epoch "
+                    f"{entry.epoch} could evaluate ({details})"
+                )
+            participants = sorted(c.index for c in chosen)
+            answers = await asyncio.gather(
+                *(self._evaluate(c, entry.epoch, participants, blinded) for c in chosen),
+                return_exceptions=True,
+            )
+            partials: list[tuple[int, list[bytes], bytes]] = []
+            for custodian, answer in zip(chosen, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    self._fail(custodian, _describe(answer), excluded)
+                else:
+                    partials.append(answer)
+            if len(partials) == len(chosen):
+                finished = await loop.run_in_executor(
+                    self._executor,
+                    work.finish_batch,
+                    list(inputs),
+                    blinds,
+                    blinded,
+                    partials,
+                    public,
+                )
+                if not finished.bad:
+                    for custodian in chosen:
+                        custodian.failures = 0
+                    self.stats.batches += 1
+                    self.stats.elements += len(inputs)
+                    return finished.tags
+                by_index = {c.index: c for c in chosen}
+                for index, why in finished.bad.items():
+                    self._fail(by_index[index], f"invalid answer: {why}", excluded)
+            self.stats.retries += 1
+
+    def _fail(self, custodian: _Custodian, why: str, excluded: dict[str, str]) -> None:
+        excluded[custodian.code] = why
+        custodian.failures += 1
+        custodian.last_error = why
+        custodian.retry_after = time.monotonic() + min(60.0, 2.0**custodian.failures)
+        self.stats.custodian_errors[custodian.code] = why
+        log.warning("custodian failed", extra={"custodian": custodian.code, "reason": why})
+
+
+@functools.cache
+def _public_shares_of(
+    commitment_points: tuple[bytes, ...], indices: tuple[int, ...]
+) -> dict[int, bytes]:
+    commitments = threshold.FeldmanCommitments.decode(commitment_points)
+    return {index: commitments.public_share(index) for index in indices}
+
+
+def _public_shares(entry: pki.EpochEntry) -> dict[int, bytes]:
+    return _public_shares_of(entry.commitments, tuple(sorted(entry.custodians.values())))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
