@@ -1,0 +1,97 @@
+"""The agent daemon: custodian service (mutual TLS, when the bureau holds a
+share) and the local API (Unix socket), with health checking and a graceful
+shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from blindmatch.v1 import agent_pb2_grpc, custodian_pb2_grpc
+from bureau_agent import ceremony, pki, rpc
+from bureau_agent.config import AgentConfig
+from bureau_agent.custodian import CustodianService
+from bureau_agent.local_api import AgentService
+from bureau_agent.logs import setup_logging
+from bureau_agent.records import RecordStore
+from bureau_agent.tagging import ThresholdTagger
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger("blindmatch.agent")
+GRACE_SECONDS = 5.0
+
+
+async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    directory = pki.DirectoryCache(config.directory_path, config.ca_cert)
+    executor = ProcessPoolExecutor(config.worker_count)
+    store = RecordStore(config.records_path)
+    servers: list[grpc.aio.Server] = []
+    health_servicer = health.aio.HealthServicer()
+
+    if config.custodian is not None:
+        share = ceremony.load_share(config.custodian.share, directory.get(), config.bureau)
+        custodian_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
+        custodian_pb2_grpc.add_CustodianServicer_to_server(
+            CustodianService(share, directory.get, executor, max_batch=config.custodian.max_batch),
+            custodian_server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, custodian_server)
+        port = custodian_server.add_secure_port(config.listen, config.tls.server_credentials())
+        if port == 0:
+            raise pki.PkiError(f"cannot listen on {config.listen}")
+        await custodian_server.start()
+        servers.append(custodian_server)
+        host = config.listen.rsplit(":", 1)[0]
+        pki.write_private_file(config.address_file, f"{host}:{port}\n".encode())
+        log.info(
+            "custodian listening",
+            extra={
+                "address": f"{host}:{port}",
+                "epoch": share.epoch.epoch,
+                "index": share.share.index,
+            },
+        )
+
+    tagger = ThresholdTagger(directory, config.tls, executor, rpc_timeout=config.rpc_timeout)
+    agent = AgentService(config, directory, tagger, store)
+    local_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
+    agent_pb2_grpc.add_AgentServicer_to_server(agent, local_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, local_server)
+    if config.socket_path.exists():
+        config.socket_path.unlink()
+    local_server.add_insecure_port(f"unix:{config.socket_path}")
+    await local_server.start()
+    os.chmod(config.socket_path, 0o600)  # the bureau's operators only
+    servers.append(local_server)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("agent ready", extra={"bureau": config.bureau, "socket": str(config.socket_path)})
+
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": GRACE_SECONDS})
+    await health_servicer.enter_graceful_shutdown()
+    await asyncio.gather(*(s.stop(GRACE_SECONDS) for s in servers))
+    await agent.close()
+    store.close()
+    executor.shutdown(cancel_futures=True)
+    config.socket_path.unlink(missing_ok=True)
+    log.info("stopped")
+
+
+def run(config: AgentConfig) -> None:
+    """Blocking entry point for `blindmatch agent serve`."""
+    setup_logging(component=f"agent {config.bureau}")
+    asyncio.run(serve(config))
