@@ -32,6 +32,7 @@ demo: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.bench_oprf
 	$(BIN)/python -m benchmarks.identifier_eval
+	$(BIN)/python -m benchmarks.bench_federation
 
 proto: $(VENV)/.installed-test
 	$(BIN)/python scripts/generate_proto.py
