@@ -1,0 +1,151 @@
+"""The hub's configuration: a typed, frozen object loaded from TOML.
+
+    listen = "0.0.0.0:7443"                  # host:port; port 0 = any free port
+    credentials = "/etc/blindmatch/hub"      # folder with tls.crt, tls.key, ca.crt, or
+                                             # tls_cert, tls_key, ca_cert: the three files
+    database = "/var/lib/blindmatch/hub.sqlite"
+    federation = "/etc/blindmatch/federation"  # optional: directory.json + ca/ca.crt;
+                                             # when set, only bureaus it lists (and whose
+                                             # certificates it does not revoke) are served
+    address_file = "/run/blindmatch/hub.address"  # optional: the bound host:port is written here
+    max_tags_per_request = 10000             # tags (or keys) per request, batch or update
+    grace_period = 10.0                      # seconds in-flight RPCs get on SIGTERM/SIGINT
+    reader_threads = 4                       # SQLite reader connections
+
+Relative paths are relative to the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bureau_agent import pki
+from hub.errors import ConfigError
+
+__all__ = ["HubConfig"]
+
+_TLS_FILES = ("tls_cert", "tls_key", "ca_cert")
+_KNOWN = frozenset(
+    {
+        "listen",
+        "credentials",
+        *_TLS_FILES,
+        "database",
+        "federation",
+        "address_file",
+        "max_tags_per_request",
+        "grace_period",
+        "reader_threads",
+    }
+)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Everything `hub.server.serve` needs."""
+
+    tls: pki.TlsFiles
+    database: Path
+    listen: str = "127.0.0.1:7443"
+    federation: Path | None = None
+    address_file: Path | None = None
+    max_tags_per_request: int = 10_000
+    grace_period: float = 10.0
+    reader_threads: int = 4
+
+    @property
+    def directory_path(self) -> Path | None:
+        """The signed federation directory, when `federation` is set."""
+        return self.federation / "directory.json" if self.federation else None
+
+    @property
+    def directory_ca(self) -> Path | None:
+        """The CA certificate that signs the directory, when `federation` is set."""
+        return self.federation / "ca" / "ca.crt" if self.federation else None
+
+    @classmethod
+    def load(cls, path: Path) -> HubConfig:
+        """Read a TOML file; errors name the file and the bad key."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"hub configuration not found at {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        return cls.from_mapping(data, base=path.parent, source=str(path))
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, base: Path, source: str = "hub configuration"
+    ) -> HubConfig:
+        """Build from parsed TOML; relative paths are resolved against `base`."""
+        unknown = sorted(set(data) - _KNOWN)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; known keys are "
+                f"{', '.join(sorted(_KNOWN))}"
+            )
+
+        def text(key: str, default: str | None = None) -> str:
+            value = data.get(key, default)
+            if value is None:
+                raise ConfigError(f"{source}: {key} is required")
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{source}: {key} must be a non-empty string, got {value!r}")
+            return value
+
+        def path(key: str) -> Path:
+            p = Path(text(key))
+            return p if p.is_absolute() else base / p
+
+        def optional_path(key: str) -> Path | None:
+            return path(key) if key in data else None
+
+        def integer(key: str, default: int, low: int, high: int) -> int:
+            value = data.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(
+                    f"{source}: {key} must be an integer from {low} to {high}, got {value!r}"
+                )
+            return value
+
+        def seconds(key: str, default: float) -> float:
+            value = data.get(key, default)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"{source}: {key} must be a number of seconds >= 0, got {value!r}"
+                )
+            return float(value)
+
+        files = [key for key in _TLS_FILES if key in data]
+        if "credentials" in data and files:
+            raise ConfigError(
+                f"{source}: give either credentials (a folder) or {', '.join(_TLS_FILES)}, not both"
+            )
+        if "credentials" in data:
+            tls = pki.TlsFiles.in_folder(path("credentials"))
+        elif len(files) == len(_TLS_FILES):
+            tls = pki.TlsFiles(cert=path("tls_cert"), key=path("tls_key"), ca=path("ca_cert"))
+        else:
+            raise ConfigError(
+                f"{source}: credentials is required (a folder with tls.crt, tls.key, ca.crt), "
+                f"or all of {', '.join(_TLS_FILES)}"
+            )
+        listen = text("listen", "127.0.0.1:7443")
+        host, colon, port = listen.rpartition(":")
+        if not colon or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{source}: listen must be host:port (port 0 = any), got {listen!r}")
+        return cls(
+            tls=tls,
+            database=path("database"),
+            listen=listen,
+            federation=optional_path("federation"),
+            address_file=optional_path("address_file"),
+            max_tags_per_request=integer("max_tags_per_request", 10_000, 1, 1_000_000),
+            grace_period=seconds("grace_period", 10.0),
+            reader_threads=integer("reader_threads", 4, 1, 64),
+        )

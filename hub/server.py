@@ -1,0 +1,135 @@
+"""The hub daemon: a mutual-TLS grpc.aio server with the Hub and the standard
+health-checking services, over a `SqliteTagStore`.
+
+`serve` runs until SIGTERM/SIGINT (or `stop` is set, or it is cancelled),
+then stops accepting calls, ends follow-mode notice streams, gives in-flight
+calls `grace_period` seconds and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from blindmatch.v1 import hub_pb2, hub_pb2_grpc
+from bureau_agent import pki
+from hub.config import HubConfig
+from hub.errors import ConfigError
+from hub.service import HubService
+from hub.store import SqliteTagStore
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger("blindmatch.hub")
+
+_HUB_SERVICE = hub_pb2.DESCRIPTOR.services_by_name["Hub"].full_name
+# A tagged key is about 40 bytes on the wire; leave room for the largest request.
+_BYTES_PER_KEY = 64
+_MIN_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def _bound_address(listen: str, port: int) -> str:
+    host = listen.rpartition(":")[0]
+    return f"{host}:{port}"
+
+
+def _write_address(path: Path, address: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(address + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # a reader never sees a half-written address
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests) or no signals on this platform
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def serve(
+    config: HubConfig,
+    *,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the hub until SIGTERM/SIGINT, `stop`, or cancellation; `ready` is
+    called with the bound "host:port" once the server accepts calls."""
+    stop = stop or asyncio.Event()
+    directory = None
+    if config.directory_path is not None and config.directory_ca is not None:
+        directory = pki.DirectoryCache(config.directory_path, config.directory_ca)
+    credentials = config.tls.server_credentials()
+    message_bytes = max(_MIN_MESSAGE_BYTES, config.max_tags_per_request * _BYTES_PER_KEY)
+    store = await SqliteTagStore.open(config.database, readers=config.reader_threads)
+    try:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", message_bytes),
+                ("grpc.max_send_message_length", message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        hub_pb2_grpc.add_HubServicer_to_server(
+            HubService(
+                store,
+                max_tags_per_request=config.max_tags_per_request,
+                directory=directory.get if directory is not None else None,
+            ),
+            server,
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        try:
+            port = server.add_secure_port(config.listen, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {config.listen}: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"cannot listen on {config.listen}")
+        await server.start()
+        try:
+            for service in ("", _HUB_SERVICE):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            address = _bound_address(config.listen, port)
+            if config.address_file is not None:
+                _write_address(config.address_file, address)
+            log.info("hub listening on %s (database %s)", address, config.database)
+            with _signals(stop):
+                if ready is not None:
+                    ready(address)
+                await stop.wait()
+            log.info("hub stopping; in-flight calls get %.1f s", config.grace_period)
+        finally:
+            await health_servicer.enter_graceful_shutdown()
+            await store.interrupt_waiters()
+            await server.stop(config.grace_period)
+    finally:
+        await store.close()
+
+
+def run(config_path: Path) -> None:
+    """Load the configuration and serve until SIGTERM/SIGINT (the CLI's entry)."""
+    config = HubConfig.load(config_path)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    asyncio.run(serve(config))

@@ -1,0 +1,373 @@
+"""The Hub gRPC servicer: a thin shell.
+
+Each handler reads the caller's bureau code from its verified TLS
+certificate (never from a message field), turns protobuf into `hub.policy`
+types, calls the `TagStore`, masks answers by policy and turns the result
+back into protobuf.  Domain errors become status codes in one table,
+`_STATUS`; anything else is INTERNAL with a reference to the server log.
+
+Notices are kept after they are read: an agent resumes after the last
+sequence it stored, and may read them all again from 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from blindmatch.v1 import common_pb2, hub_pb2, hub_pb2_grpc
+from bureau_agent import pki
+from hub import policy
+from hub.errors import (
+    AlreadyExistsError,
+    ConcurrentEnrollmentError,
+    FailedPreconditionError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+)
+from hub.policy import HANDLE_LENGTH, KEY_TYPE_CODES
+from hub.store import Enrollment, TagStore
+from psi.errors import InvalidInputError, PeerError
+from psi.identifiers import Strength
+
+__all__ = ["HubService", "status_for"]
+
+log = logging.getLogger("blindmatch.hub")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# The one table from domain errors to status codes.  More specific first.
+_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (pki.IdentityError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConcurrentEnrollmentError, grpc.StatusCode.ABORTED),
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),  # LimitExceededError too
+    (PeerError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StorageError, grpc.StatusCode.UNAVAILABLE),
+)
+
+_STRENGTHS = {
+    Strength.EXACT: common_pb2.STRENGTH_EXACT,
+    Strength.CANDIDATE: common_pb2.STRENGTH_CANDIDATE,
+}
+_NOTICE_PAGE = 500
+
+try:
+    _VERSION = importlib.metadata.version("blindmatch")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = "unknown"
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code for a domain error (INTERNAL for anything unexpected)."""
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: Context, exc: BaseException, where: str = "") -> NoReturn:
+    code = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        reference = secrets.token_hex(4)
+        log.error("internal error %s", reference, exc_info=exc)
+        message = f"internal error (reference {reference}); see the hub's log"
+    else:
+        message = f"{where}{exc}"
+    await context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class HubService(hub_pb2_grpc.HubServicer):
+    """Serves one `TagStore` to the federation's bureaus."""
+
+    def __init__(
+        self,
+        store: TagStore,
+        *,
+        max_tags_per_request: int = 10_000,
+        directory: Callable[[], pki.Directory] | None = None,
+    ) -> None:
+        self._store = store
+        self._max_tags = max_tags_per_request
+        self._directory = directory
+
+    # -- who is calling ---------------------------------------------------------
+
+    def _caller(self, context: Context) -> str:
+        auth = context.auth_context()
+        identity = pki.identity_from_auth_context(auth)
+        if identity.role != "bureau":
+            raise PermissionDeniedError(f"{identity} is not a bureau; only bureaus call the hub")
+        if self._directory is not None:
+            directory = self._directory()
+            if identity.code not in directory.bureaus:
+                raise PermissionDeniedError(
+                    f"bureau {identity.code} is not in the federation directory"
+                )
+            serial = pki.certificate_serial(next(iter(auth["x509_pem_cert"])))
+            if serial in directory.revoked_serials:
+                raise PermissionDeniedError(
+                    f"the certificate of {identity.code} (serial {serial:x}) is revoked"
+                )
+        return identity.code
+
+    # -- conversions --------------------------------------------------------------
+
+    def _keys(self, keys: Sequence[common_pb2.TaggedKey], field: str) -> list[policy.TaggedKey]:
+        policy.check_request_size(len(keys), self._max_tags, field=field)
+        return [
+            policy.make_tagged_key(k.tag, k.handle, k.key_type, field=f"{field}[{i}]")
+            for i, k in enumerate(keys)
+        ]
+
+    def _query_tags(
+        self, tags: Sequence[common_pb2.QueryTag], field: str = "tags"
+    ) -> list[policy.QueryTag]:
+        policy.check_request_size(len(tags), self._max_tags, field=field)
+        return [
+            policy.make_query_tag(t.tag, t.key_type, field=f"{field}[{i}]")
+            for i, t in enumerate(tags)
+        ]
+
+    @staticmethod
+    def _spec(owner: str, header: hub_pb2.EnrollHeader) -> policy.EnrollSpec:
+        return policy.EnrollSpec(
+            name=policy.resolve_dataset(owner, header.dataset),
+            epoch=policy.check_epoch(header.epoch),
+            policy=policy.DatasetPolicy(
+                reveal_owner=header.policy.reveal_owner,
+                reveal_category=header.policy.reveal_category,
+                linkable=header.policy.linkable,
+            ),
+            category=policy.check_category(header.category),
+            replace=header.replace,
+        )
+
+    @staticmethod
+    def _match(hit: policy.Hit) -> common_pb2.Match:
+        shown = policy.answer(hit)
+        match = common_pb2.Match(
+            query_index=shown.query_index,
+            match_id=shown.match_id,
+            key_type=KEY_TYPE_CODES[shown.key_type],  # type: ignore[arg-type]
+            strength=_STRENGTHS[shown.strength],
+        )
+        # Proto3 optional: unset means "not revealed".
+        if shown.category is not None:
+            match.category = shown.category
+        if shown.owner is not None:
+            match.owner = shown.owner
+        return match
+
+    @staticmethod
+    def _notice(notice: policy.Notice) -> common_pb2.Notice:
+        message = common_pb2.Notice(
+            sequence=notice.sequence,
+            match_id=notice.match_id,
+            dataset=notice.dataset,
+            handle=notice.handle,
+            key_type=KEY_TYPE_CODES[notice.key_type],  # type: ignore[arg-type]
+            strength=_STRENGTHS[notice.strength],
+            created_unix_ms=notice.created_ms,
+        )
+        if notice.other_owner is not None:
+            message.other_owner = notice.other_owner
+        if notice.other_category is not None:
+            message.other_category = notice.other_category
+        return message
+
+    # -- RPCs -------------------------------------------------------------------------
+
+    async def Enroll(
+        self, request_iterator: AsyncIterator[hub_pb2.EnrollRequest], context: Context
+    ) -> hub_pb2.EnrollResponse:
+        """Header, batches, trailer; the response follows the commit."""
+        enrollment: Enrollment | None = None
+        try:
+            owner = self._caller(context)
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidInputError("an Enroll stream must start with a header", field="header")
+            enrollment = await self._store.begin_enrollment(owner, self._spec(owner, first.header))
+            batches = 0
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "batch":
+                    await enrollment.add(self._keys(message.batch.keys, f"batch {batches}: keys"))
+                    batches += 1
+                elif part == "trailer":
+                    result = await enrollment.commit(
+                        message.trailer.tag_count, message.trailer.digest
+                    )
+                    return hub_pb2.EnrollResponse(
+                        dataset=result.dataset,
+                        version=result.version,
+                        tag_count=result.tag_count,
+                        new_notices=result.new_notices,
+                    )
+                else:
+                    raise InvalidInputError(
+                        "an Enroll stream has exactly one header, first", field="header"
+                    )
+            raise InvalidInputError(
+                "the stream ended without a trailer; nothing was committed", field="trailer"
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            if enrollment is not None:
+                # No-op after a commit.  Shielded: a cancelled stream (client
+                # gone, deadline) must still drop its staged rows.
+                await asyncio.shield(enrollment.abort())
+
+    async def UpdateDataset(
+        self, request: hub_pb2.UpdateDatasetRequest, context: Context
+    ) -> hub_pb2.UpdateDatasetResponse:
+        """Add keys to and remove handles from the caller's live dataset."""
+        try:
+            owner = self._caller(context)
+            name = policy.resolve_dataset(owner, request.dataset)
+            epoch = policy.check_epoch(request.epoch)
+            policy.check_request_size(
+                len(request.add) + len(request.remove_handles),
+                self._max_tags,
+                field="add + remove_handles",
+            )
+            add = self._keys(request.add, "add")
+            for i, handle in enumerate(request.remove_handles):
+                if len(handle) != HANDLE_LENGTH:
+                    raise InvalidInputError(
+                        f"must be exactly {HANDLE_LENGTH} bytes, got {len(handle)}",
+                        field=f"remove_handles[{i}]",
+                    )
+            result = await self._store.update_dataset(
+                owner, name, epoch, add, [bytes(h) for h in request.remove_handles]
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        return hub_pb2.UpdateDatasetResponse(
+            dataset=result.dataset,
+            version=result.version,
+            added=result.added,
+            removed=result.removed,
+            tag_count=result.tag_count,
+            new_notices=result.new_notices,
+        )
+
+    async def _lookup(
+        self, requester: str, epoch: int, tags: Sequence[common_pb2.QueryTag], include_own: bool
+    ) -> tuple[list[common_pb2.Match], int]:
+        result = await self._store.query(
+            requester,
+            policy.check_epoch(epoch),
+            self._query_tags(tags),
+            include_own=include_own,
+        )
+        return [self._match(hit) for hit in result.hits], result.datasets_searched
+
+    async def Query(self, request: hub_pb2.QueryRequest, context: Context) -> hub_pb2.QueryResponse:
+        """Look up one batch of tags."""
+        try:
+            requester = self._caller(context)
+            matches, searched = await self._lookup(
+                requester, request.epoch, request.tags, request.include_own
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        return hub_pb2.QueryResponse(matches=matches, datasets_searched=searched)
+
+    async def BulkMatch(
+        self, request_iterator: AsyncIterator[hub_pb2.BulkMatchRequest], context: Context
+    ) -> AsyncIterator[hub_pb2.BulkMatchResponse]:
+        """Answer each batch, in order, with its batch_id."""
+        try:
+            requester = self._caller(context)
+        except Exception as exc:
+            await _abort(context, exc)
+        async for request in request_iterator:
+            try:
+                matches, _ = await self._lookup(
+                    requester, request.epoch, request.tags, request.include_own
+                )
+            except Exception as exc:
+                await _abort(context, exc, where=f"batch_id {request.batch_id}: ")
+            yield hub_pb2.BulkMatchResponse(batch_id=request.batch_id, matches=matches)
+
+    async def WatchNotices(
+        self, request: hub_pb2.WatchNoticesRequest, context: Context
+    ) -> AsyncIterator[common_pb2.Notice]:
+        """Stored notices after `after_sequence`; with `follow`, new ones as they commit."""
+        try:
+            recipient = self._caller(context)
+            after = request.after_sequence
+        except Exception as exc:
+            await _abort(context, exc)
+        while True:
+            try:
+                notices = await self._store.read_notices(recipient, after, _NOTICE_PAGE)
+            except Exception as exc:
+                await _abort(context, exc)
+            for notice in notices:
+                yield self._notice(notice)
+                after = notice.sequence
+            if len(notices) == _NOTICE_PAGE:
+                continue
+            if not request.follow or not await self._store.wait_for_notices(recipient, after):
+                return
+
+    async def ListDatasets(
+        self, request: hub_pb2.ListDatasetsRequest, context: Context
+    ) -> hub_pb2.ListDatasetsResponse:
+        """The caller's datasets."""
+        try:
+            owner = self._caller(context)
+            datasets = await self._store.list_datasets(owner)
+        except Exception as exc:
+            await _abort(context, exc)
+        return hub_pb2.ListDatasetsResponse(
+            datasets=[
+                common_pb2.DatasetInfo(
+                    name=d.name,
+                    owner=d.owner,
+                    epoch=d.epoch,
+                    version=d.version,
+                    tag_count=d.tag_count,
+                    policy=common_pb2.DatasetPolicy(
+                        reveal_owner=d.policy.reveal_owner,
+                        reveal_category=d.policy.reveal_category,
+                        linkable=d.policy.linkable,
+                    ),
+                    category=d.category,
+                    updated_unix_ms=d.updated_ms,
+                )
+                for d in datasets
+            ]
+        )
+
+    async def GetStatus(
+        self, request: hub_pb2.GetStatusRequest, context: Context
+    ) -> hub_pb2.HubStatus:
+        """Totals, epochs in use and who the hub thinks the caller is."""
+        try:
+            caller = self._caller(context)
+            stats = await self._store.stats()
+        except Exception as exc:
+            await _abort(context, exc)
+        return hub_pb2.HubStatus(
+            version=_VERSION,
+            datasets=stats.datasets,
+            tags=stats.tags,
+            epochs=list(stats.epochs),
+            caller=caller,
+        )

@@ -1,0 +1,588 @@
+"""The hub's pure domain (hub.policy) and its tag store.
+
+Store tests go through the `TagStore` protocol and the `open_store`
+fixture, parametrized by implementation: a PostgreSQL store joins by adding
+a parameter.  Tests that look at SQLite's files are marked as such by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from blindmatch.v1 import common_pb2
+from hub import policy
+from hub.errors import (
+    AlreadyExistsError,
+    ConcurrentEnrollmentError,
+    FailedPreconditionError,
+    LimitExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from hub.policy import DatasetPolicy, EnrollSpec, QueryTag, TaggedKey
+from hub.store import SqliteTagStore, TagStore
+from psi.errors import InvalidInputError
+from psi.identifiers import KeyType, Strength
+
+T = TypeVar("T")
+OpenStore = Callable[[], Awaitable[TagStore]]
+
+LINKABLE = DatasetPolicy(linkable=True)
+PRIVATE = DatasetPolicy()
+# More keys than one staging chunk, so that staged rows are really on disk.
+BIG = 6000
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def keys(n: int, key_type: KeyType = KeyType.PASSPORT) -> list[TaggedKey]:
+    return [TaggedKey(os.urandom(16), os.urandom(16), key_type) for _ in range(n)]
+
+
+def queries(ks: Sequence[TaggedKey]) -> list[QueryTag]:
+    return [QueryTag(k.tag, k.key_type) for k in ks]
+
+
+async def enroll(
+    store: TagStore,
+    owner: str,
+    name: str,
+    ks: Sequence[TaggedKey],
+    *,
+    epoch: int = 1,
+    policy_: DatasetPolicy = PRIVATE,
+    category: str = "",
+    replace: bool = False,
+) -> policy.EnrollResult:
+    enrollment = await store.begin_enrollment(
+        owner, EnrollSpec(name, epoch, policy_, category, replace)
+    )
+    for start in range(0, len(ks), 2500):
+        await enrollment.add(ks[start : start + 2500])
+    return await enrollment.commit(len(ks), policy.digest_of(ks))
+
+
+async def hit_indices(
+    store: TagStore, requester: str, ks: Sequence[TaggedKey], *, epoch: int = 1, own: bool = False
+) -> list[int]:
+    result = await store.query(requester, epoch, queries(ks), include_own=own)
+    return sorted(h.query_index for h in result.hits)
+
+
+@pytest.fixture(params=["sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
+    """Opens the store under test (again, on the same data, when called twice)."""
+    assert request.param == "sqlite"
+
+    async def opener() -> TagStore:
+        return await SqliteTagStore.open(tmp_path / "hub.sqlite", auto_sweep=False)
+
+    return opener
+
+
+def with_store(open_store: OpenStore, scenario: Callable[[TagStore], Awaitable[None]]) -> None:
+    async def main() -> None:
+        store = await open_store()
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+# -- pure domain ------------------------------------------------------------------
+
+
+def test_key_type_codes_are_the_proto_enum_numbers() -> None:
+    for key_type, code in policy.KEY_TYPE_CODES.items():
+        assert common_pb2.KeyType.Value(f"KEY_TYPE_{key_type.name}") == code
+        assert policy.key_type_from_code(code) is key_type
+    assert set(policy.KEY_TYPE_CODES) == set(KeyType)
+    with pytest.raises(InvalidInputError, match=r"tags\[2\]\.key_type: is unspecified"):
+        policy.key_type_from_code(0, field="tags[2].key_type")
+    with pytest.raises(InvalidInputError, match="99 is not a known key type"):
+        policy.key_type_from_code(99)
+
+
+def test_strength_is_candidate_only_for_phonetic_keys() -> None:
+    hits = [policy.Hit(0, "m", kt, "FRA", "c", DatasetPolicy(reveal_owner=True)) for kt in KeyType]
+    strengths = {h.key_type: policy.answer(h).strength for h in hits}
+    assert strengths.pop(KeyType.PERSON_PHONETIC) is Strength.CANDIDATE
+    assert set(strengths.values()) == {Strength.EXACT}
+
+
+@pytest.mark.parametrize(
+    ("reveal_owner", "reveal_category", "category", "owner_shown", "category_shown"),
+    [
+        (False, False, "stolen", None, None),
+        (True, False, "stolen", "DEU", None),
+        (False, True, "stolen", None, "stolen"),
+        (True, True, "stolen", "DEU", "stolen"),
+        (True, True, "", "DEU", None),
+    ],
+)
+def test_answer_masks_by_policy(
+    reveal_owner: bool,
+    reveal_category: bool,
+    category: str,
+    owner_shown: str | None,
+    category_shown: str | None,
+) -> None:
+    hit = policy.Hit(
+        3, "id", KeyType.PHONE, "DEU", category, DatasetPolicy(reveal_owner, reveal_category)
+    )
+    shown = policy.answer(hit)
+    assert (shown.owner, shown.category) == (owner_shown, category_shown)
+    assert (shown.query_index, shown.match_id, shown.key_type) == (3, "id", KeyType.PHONE)
+
+
+def test_resolve_dataset_only_for_the_callers_own() -> None:
+    assert policy.resolve_dataset("FRA", "watchlist") == "watchlist"
+    assert policy.resolve_dataset("FRA", "FRA/watchlist") == "watchlist"
+    with pytest.raises(PermissionDeniedError, match="DEU"):
+        policy.resolve_dataset("FRA", "DEU/watchlist")
+    for bad in ("", " x", "FRA/a/b", "x" * 101, "tab\there"):
+        with pytest.raises(InvalidInputError, match="dataset"):
+            policy.resolve_dataset("FRA", bad)
+
+
+def test_validation_names_the_field() -> None:
+    with pytest.raises(
+        InvalidInputError, match=r"keys\[4\]\.tag: must be exactly 16 bytes, got 15"
+    ):
+        policy.make_tagged_key(b"t" * 15, b"h" * 16, 1, field="keys[4]")
+    with pytest.raises(InvalidInputError, match=r"keys\[0\]\.handle"):
+        policy.make_tagged_key(b"t" * 16, b"h" * 17, 1, field="keys[0]")
+    with pytest.raises(LimitExceededError, match="at most 10000"):
+        policy.check_request_size(10_001, 10_000, field="tags")
+    policy.check_request_size(10_000, 10_000, field="tags")
+    with pytest.raises(InvalidInputError, match="epoch"):
+        policy.check_epoch(0)
+
+
+def test_key_digest_checks_count_and_order() -> None:
+    ks = keys(3)
+    good = policy.KeyDigest()
+    good.update(ks)
+    good.verify(3, policy.digest_of(ks))
+    with pytest.raises(InvalidInputError, match="announces 4 keys but 3 arrived"):
+        good.verify(4, policy.digest_of(ks))
+    with pytest.raises(InvalidInputError, match=r"trailer\.digest"):
+        good.verify(3, policy.digest_of(ks[::-1]))
+    assert ks[0].digest_input == ks[0].tag + ks[0].handle + b"\x01"
+
+
+# -- matching -------------------------------------------------------------------------
+
+
+def test_lookup_across_bureaus_excludes_own_and_other_epochs(open_store: OpenStore) -> None:
+    fra, deu = keys(20), keys(5, KeyType.PERSON_PHONETIC)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "watchlist", fra, category="stolen-passports")
+        await enroll(store, "DEU", "watchlist", deu, epoch=2)
+        asked = [*keys(3), fra[7], fra[2]]
+        result = await store.query("ITA", 1, queries(asked), include_own=False)
+        assert result.datasets_searched == 1
+        assert sorted(h.query_index for h in result.hits) == [3, 4]
+        assert {h.owner for h in result.hits} == {"FRA"}
+        assert {h.category for h in result.hits} == {"stolen-passports"}
+        assert len({h.match_id for h in result.hits}) == 2
+        # Own datasets only on request; another epoch never.
+        assert await hit_indices(store, "FRA", fra[:2]) == []
+        assert await hit_indices(store, "FRA", fra[:2], own=True) == [0, 1]
+        assert await hit_indices(store, "ITA", deu, epoch=1) == []
+        assert await hit_indices(store, "ITA", deu, epoch=2) == [0, 1, 2, 3, 4]
+        # The key type is part of what matches.
+        other_type = [QueryTag(fra[0].tag, KeyType.IDCARD)]
+        assert (await store.query("ITA", 1, other_type, include_own=False)).hits == ()
+
+    with_store(open_store, scenario)
+
+
+def test_same_name_for_two_owners_and_listing(open_store: OpenStore) -> None:
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "watchlist", keys(3), policy_=LINKABLE)
+        await enroll(store, "DEU", "watchlist", keys(4), epoch=2)
+        (fra,) = await store.list_datasets("FRA")
+        (deu,) = await store.list_datasets("DEU")
+        assert (fra.owner, fra.name, fra.tag_count, fra.epoch, fra.policy) == (
+            "FRA", "watchlist", 3, 1, LINKABLE,
+        )  # fmt: skip
+        assert (deu.owner, deu.tag_count, deu.epoch) == ("DEU", 4, 2)
+        assert await store.list_datasets("ITA") == []
+        stats = await store.stats()
+        assert (stats.datasets, stats.tags, stats.epochs) == (2, 7, (1, 2))
+
+    with_store(open_store, scenario)
+
+
+# -- versions ---------------------------------------------------------------------------
+
+
+def test_existing_name_needs_replace_and_one_enrollment_at_a_time(open_store: OpenStore) -> None:
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", keys(2))
+        with pytest.raises(AlreadyExistsError, match="replace"):
+            await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy()))
+        first = await store.begin_enrollment(
+            "FRA", EnrollSpec("w", 1, DatasetPolicy(), replace=True)
+        )
+        with pytest.raises(ConcurrentEnrollmentError, match="in progress"):
+            await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy(), replace=True))
+        with pytest.raises(ConcurrentEnrollmentError):
+            await store.update_dataset("FRA", "w", 1, keys(1), [])
+        await first.abort()
+        await first.abort()  # idempotent
+        again = await enroll(store, "FRA", "w", keys(5), replace=True)
+        assert (again.version, again.tag_count) == (2, 5)
+
+    with_store(open_store, scenario)
+
+
+def test_staged_version_is_invisible_until_commit(open_store: OpenStore) -> None:
+    old, new = keys(10), keys(BIG)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", old)
+        enrollment = await store.begin_enrollment(
+            "FRA", EnrollSpec("w", 2, DatasetPolicy(), replace=True)
+        )
+        await enrollment.add(new)  # more than a chunk: written, not yet live
+        assert await hit_indices(store, "DEU", new[:100], epoch=2) == []
+        assert await hit_indices(store, "DEU", old) == list(range(10))
+        result = await enrollment.commit(len(new), policy.digest_of(new))
+        assert (result.version, result.tag_count) == (2, BIG)
+        assert await hit_indices(store, "DEU", old) == []
+        assert await hit_indices(store, "DEU", old, epoch=2) == []
+        assert await hit_indices(store, "DEU", new[-100:], epoch=2) == list(range(100))
+        (info,) = await store.list_datasets("FRA")
+        assert (info.version, info.epoch, info.tag_count) == (2, 2, BIG)
+
+    with_store(open_store, scenario)
+
+
+@pytest.mark.parametrize("fault", ["count", "digest", "abort"])
+def test_failed_enrollment_leaves_the_previous_version(open_store: OpenStore, fault: str) -> None:
+    old, new = keys(10), keys(BIG)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", old)
+        enrollment = await store.begin_enrollment(
+            "FRA", EnrollSpec("w", 1, DatasetPolicy(), replace=True)
+        )
+        await enrollment.add(new)
+        if fault == "abort":
+            await enrollment.abort()
+        else:
+            count = len(new) + (fault == "count")
+            digest = policy.digest_of(new if fault == "count" else new[1:])
+            with pytest.raises(InvalidInputError, match="nothing was committed"):
+                await enrollment.commit(count, digest)
+        assert await hit_indices(store, "DEU", old) == list(range(10))
+        assert await hit_indices(store, "DEU", new[:50]) == []
+        (info,) = await store.list_datasets("FRA")
+        assert (info.version, info.tag_count) == (1, 10)
+        # The dataset is free again.
+        assert (await enroll(store, "FRA", "w", new[:3], replace=True)).version == 2
+
+    with_store(open_store, scenario)
+
+
+def test_first_enrollment_aborted_leaves_no_dataset(open_store: OpenStore) -> None:
+    async def scenario(store: TagStore) -> None:
+        enrollment = await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy()))
+        await enrollment.add(keys(BIG))
+        await enrollment.abort()
+        assert await store.list_datasets("FRA") == []
+        assert (await enroll(store, "FRA", "w", keys(1))).version == 1  # no ALREADY_EXISTS
+
+    with_store(open_store, scenario)
+
+
+def test_restart_drops_staged_rows_and_keeps_committed(open_store: OpenStore) -> None:
+    old, new = keys(10), keys(BIG)
+
+    async def first_run() -> None:
+        store = await open_store()
+        await enroll(store, "FRA", "w", old)
+        enrollment = await store.begin_enrollment(
+            "FRA", EnrollSpec("w", 1, DatasetPolicy(), replace=True)
+        )
+        await enrollment.add(new)
+        await store.close()  # the stream never ends: as if the process died
+
+    async def second_run(store: TagStore) -> None:
+        assert await hit_indices(store, "DEU", old) == list(range(10))
+        assert await hit_indices(store, "DEU", new[:50]) == []
+        assert (await enroll(store, "FRA", "w", new, replace=True)).version == 2
+
+    run(first_run())
+    with_store(open_store, second_run)
+
+
+# -- updates -------------------------------------------------------------------------------
+
+
+def test_update_adds_and_removes_at_once(open_store: OpenStore) -> None:
+    base = keys(6)
+    record = base[0].handle
+    # A second key of the same record, and a replacement key for it.
+    second = TaggedKey(os.urandom(16), record, KeyType.EMAIL)
+    fresh = keys(2)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", [*base, second])
+        result = await store.update_dataset("FRA", "w", 1, fresh, [record, base[1].handle])
+        assert (result.version, result.added, result.removed) == (2, 2, 2)
+        assert await hit_indices(store, "DEU", [base[0], second, base[1], *fresh]) == [3, 4]
+        # Removing first, then adding under the same handle, revives that key only.
+        revived = await store.update_dataset("FRA", "w", 1, [second], [record])
+        assert (revived.added, revived.removed) == (1, 0)
+        assert await hit_indices(store, "DEU", [base[0], second]) == [1]
+        # Adding a key that is already live changes nothing.
+        assert (await store.update_dataset("FRA", "w", 1, [base[2]], [])).added == 0
+
+    with_store(open_store, scenario)
+
+
+def test_update_refusals(open_store: OpenStore) -> None:
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", keys(2), epoch=3)
+        with pytest.raises(FailedPreconditionError, match=r"epoch 3.*epoch 4.*replace"):
+            await store.update_dataset("FRA", "w", 4, keys(1), [])
+        with pytest.raises(NotFoundError, match="'nothing'"):
+            await store.update_dataset("FRA", "nothing", 3, keys(1), [])
+        with pytest.raises(NotFoundError):
+            await store.update_dataset("DEU", "w", 3, keys(1), [])  # names are per owner
+        (info,) = await store.list_datasets("FRA")
+        assert info.version == 1
+
+    with_store(open_store, scenario)
+
+
+def test_sqlite_sweep_deletes_dead_generations_and_removed_keys(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    first, second = keys(BIG), keys(300)
+
+    def rows() -> int:
+        with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
+            return int(conn.execute("SELECT count(*) FROM tags").fetchone()[0])
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", first)
+        await enroll(store, "FRA", "w", second, replace=True)
+        assert rows() == BIG + 300
+        assert await store.sweep() == BIG
+        assert rows() == 300
+        await store.update_dataset("FRA", "w", 1, [], [k.handle for k in second[:100]])
+        (info,) = await store.list_datasets("FRA")
+        assert info.tag_count == 300  # removed keys leave the count when swept
+        assert await store.sweep() == 100
+        (info,) = await store.list_datasets("FRA")
+        assert info.tag_count == 200
+        assert await hit_indices(store, "DEU", second) == list(range(100, 300))
+
+    with_store(open_store, scenario)
+
+
+def test_sqlite_query_hits_are_recorded_as_matches(open_store: OpenStore, tmp_path: Path) -> None:
+    ks = keys(3)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", ks)
+        result = await store.query("DEU", 1, queries(ks[:2]), include_own=False)
+        with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
+            stored = conn.execute(
+                "SELECT hex(match_id), requester, owner, handle FROM matches ORDER BY handle"
+            ).fetchall()
+        assert sorted((m.upper(), r, o, h) for m, r, o, h in stored) == sorted(
+            (h.match_id.upper(), "DEU", "FRA", k.handle)
+            for h, k in zip(result.hits, ks, strict=False)
+        )
+
+    with_store(open_store, scenario)
+
+
+# -- standing matches -------------------------------------------------------------------------
+
+
+def test_standing_matches_notify_both_owners_once(open_store: OpenStore) -> None:
+    fra, deu = keys(10), keys(10)
+    deu[3] = TaggedKey(fra[5].tag, deu[3].handle, fra[5].key_type)
+    deu[7] = TaggedKey(fra[1].tag, deu[7].handle, fra[1].key_type)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(
+            store, "FRA", "w", fra, policy_=DatasetPolicy(reveal_owner=True, linkable=True)
+        )
+        deu_policy = DatasetPolicy(reveal_category=True, linkable=True)
+        result = await enroll(store, "DEU", "alerts", deu, policy_=deu_policy, category="fugitives")
+        assert result.new_notices == 2
+        to_fra = await store.read_notices("FRA", 0, 100)
+        to_deu = await store.read_notices("DEU", 0, 100)
+        assert [n.sequence for n in to_fra] == [1, 2] and [n.sequence for n in to_deu] == [1, 2]
+        assert {n.match_id for n in to_fra} == {n.match_id for n in to_deu}
+        assert {n.handle for n in to_fra} == {fra[5].handle, fra[1].handle}
+        assert {n.handle for n in to_deu} == {deu[3].handle, deu[7].handle}
+        # Each side sees what the *other* dataset's policy reveals.
+        assert {(n.dataset, n.other_owner, n.other_category) for n in to_fra} == {
+            ("w", None, "fugitives")
+        }
+        assert {(n.dataset, n.other_owner, n.other_category) for n in to_deu} == {
+            ("alerts", "FRA", None)
+        }
+        # Re-enrolling the same handles (either side) does not notify again ...
+        again = await enroll(store, "DEU", "alerts", deu, policy_=deu_policy, replace=True)
+        assert again.new_notices == 0
+        assert (
+            await enroll(store, "FRA", "w", fra, policy_=LINKABLE, replace=True)
+        ).new_notices == 0
+        # ... a new record pair does, from an update too.
+        new = TaggedKey(fra[9].tag, os.urandom(16), fra[9].key_type)
+        assert (await store.update_dataset("DEU", "alerts", 1, [new], [])).new_notices == 1
+        assert len(await store.read_notices("FRA", 2, 100)) == 1
+        assert len(await store.read_notices("DEU", 2, 100)) == 1
+
+    with_store(open_store, scenario)
+
+
+@pytest.mark.parametrize("other", ["not linkable", "other epoch", "same owner", "removed"])
+def test_no_standing_match_without_both_sides(open_store: OpenStore, other: str) -> None:
+    fra = keys(4)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", fra, policy_=LINKABLE)
+        if other == "removed":
+            await store.update_dataset("FRA", "w", 1, [], [fra[0].handle])
+        owner = "FRA" if other == "same owner" else "DEU"
+        result = await enroll(
+            store,
+            owner,
+            "x",
+            [TaggedKey(fra[0].tag, os.urandom(16), fra[0].key_type)],
+            epoch=2 if other == "other epoch" else 1,
+            policy_=DatasetPolicy() if other == "not linkable" else LINKABLE,
+        )
+        assert result.new_notices == 0
+        assert await store.read_notices("FRA", 0, 10) == []
+
+    with_store(open_store, scenario)
+
+
+def test_standing_match_between_two_enrollments_staging_at_once(open_store: OpenStore) -> None:
+    fra, deu = keys(BIG), keys(BIG)
+    shared = [(10, 20), (5999, 0), (3000, 4000)]
+    for i, j in shared:
+        deu[j] = TaggedKey(fra[i].tag, deu[j].handle, fra[i].key_type)
+
+    async def scenario(store: TagStore) -> None:
+        a = await store.begin_enrollment("FRA", EnrollSpec("w", 1, LINKABLE))
+        b = await store.begin_enrollment("DEU", EnrollSpec("w", 1, LINKABLE))
+        await a.add(fra)  # written while DEU stages
+        await b.add(deu)  # finds FRA's staged rows
+        first = await b.commit(len(deu), policy.digest_of(deu))
+        assert first.new_notices == 0  # FRA's side is not live yet
+        second = await a.commit(len(fra), policy.digest_of(fra))
+        assert second.new_notices == 3
+        notices = await store.read_notices("DEU", 0, 10)
+        assert {n.handle for n in notices} == {deu[j].handle for _, j in shared}
+
+    with_store(open_store, scenario)
+
+
+def test_notices_are_kept_and_wake_waiters(open_store: OpenStore) -> None:
+    fra = keys(3)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", fra, policy_=LINKABLE)
+        waiter = asyncio.create_task(store.wait_for_notices("FRA", 0))
+        other = asyncio.create_task(store.wait_for_notices("ITA", 0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        shared = [TaggedKey(k.tag, os.urandom(16), k.key_type) for k in fra[:2]]
+        await enroll(store, "DEU", "w", shared, policy_=LINKABLE)
+        assert await asyncio.wait_for(waiter, 2) is True
+        assert not other.done()
+        assert [n.sequence for n in await store.read_notices("FRA", 1, 10)] == [2]
+        assert [n.sequence for n in await store.read_notices("FRA", 0, 1)] == [1]  # kept
+        assert await store.wait_for_notices("FRA", 1) is True  # already there
+        await store.interrupt_waiters()
+        assert await asyncio.wait_for(other, 2) is False
+
+    with_store(open_store, scenario)
+
+
+# -- durability (SQLite, a real kill -9) ---------------------------------------------------
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from pathlib import Path
+    from hub.policy import DatasetPolicy, EnrollSpec, TaggedKey, digest_of
+    from hub.store import SqliteTagStore
+    from psi.identifiers import KeyType
+
+    async def main():
+        store = await SqliteTagStore.open(Path(sys.argv[1]), auto_sweep=False)
+        committed = [TaggedKey(bytes([1]) * 15 + bytes([i]), os.urandom(16), KeyType.VIN)
+                     for i in range(5)]
+        staged = [TaggedKey(os.urandom(16), os.urandom(16), KeyType.VIN) for _ in range(6000)]
+        e = await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy()))
+        await e.add(committed)
+        await e.commit(5, digest_of(committed))
+        print("committed", flush=True)
+        e = await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy(), replace=True))
+        await e.add(staged)
+        print("staged", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sqlite_kill_9_keeps_acknowledged_and_drops_staged(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "hub.sqlite")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "committed"
+            assert child.stdout.readline().strip() == "staged"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    committed = [QueryTag(bytes([1]) * 15 + bytes([i]), KeyType.VIN) for i in range(5)]
+
+    async def after_crash(store: TagStore) -> None:
+        result = await store.query("DEU", 1, committed, include_own=False)
+        assert sorted(h.query_index for h in result.hits) == [0, 1, 2, 3, 4]
+        (info,) = await store.list_datasets("FRA")
+        assert (info.version, info.tag_count) == (1, 5)
+        assert (await enroll(store, "FRA", "w", keys(1), replace=True)).version == 2
+
+    with_store(open_store, after_crash)
+    with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT count(*) FROM staging").fetchone()[0] == 0
