@@ -773,7 +773,7 @@ def status(config_path: Path, as_json: bool) -> None:
 @_handles_errors
 def demo(core: bool, keep: Path | None) -> None:
     """A federation on loopback: hub, bureau agents, custodians, enrollment, queries."""
-    console = Console()
+    console = Console(soft_wrap=True)  # a transcript: never break lines
     if core:
         for step in run_core_demo():
             mark = "[green]ok[/]" if step.ok else "[red]FAILED[/]"

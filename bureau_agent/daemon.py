@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +38,11 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
     directory = pki.DirectoryCache(config.directory_path, config.ca_cert)
-    executor = ProcessPoolExecutor(config.worker_count)
+    # Spawned, not forked: forking a process that already runs gRPC threads
+    # leaves the children with broken locks.
+    executor = ProcessPoolExecutor(
+        config.worker_count, mp_context=multiprocessing.get_context("spawn")
+    )
     store = RecordStore(config.records_path)
     servers: list[grpc.aio.Server] = []
     health_servicer = health.aio.HealthServicer()

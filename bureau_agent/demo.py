@@ -87,7 +87,8 @@ def write_demo_data(folder: Path, *, size: int = 400, seed: int = 7) -> dict[str
     deu[5] = {"case_id": "DEU-STOLEN-1", "name": "", "dob": "", "passport": "12 AB-34567",
               "passport_issuer": "fr", "phone": "", "email": ""}  # fmt: skip
     bra = _random_people(rng, size, "BRA", "BRA")
-    bra[3] = {"case_id": "BRA-HPM", **HANS, "name": "HANS PETER MUELLER", "dob": "03.02.1980"}
+    bra[3] = {"case_id": "BRA-HPM", **HANS, "name": "HANS PETER MUELLER", "dob": "03.02.1980",
+              "passport": "", "passport_issuer": "", "phone": ""}  # fmt: skip
     usa = _random_people(rng, size // 2, "USA", "PAX")
     usa[7] = {"case_id": "PAX-0007", **HANS, "name": "Hans Peter Muller", "passport": "12AB34567"}
     usa[8] = {"case_id": "PAX-0008", "name": "محمد الراشد", "dob": "06/05/1975", "passport": "",

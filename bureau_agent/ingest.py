@@ -171,7 +171,7 @@ class Schema:
         except (LookupError, AssertionError):
             raise fail(f"unknown encoding {encoding!r}") from None
         delimiter = data.get("delimiter", ",")
-        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
             raise fail("delimiter must be one character (not a quote or newline)")
         limits: dict[str, int] = {}
         for key, default in (("max_field_chars", 1000), ("max_line_bytes", 1 << 20)):
@@ -383,8 +383,10 @@ def _with_file(
     raw: BinaryIO, name: str, schema: Schema, on_progress: Callable[[int], None] | None
 ) -> Iterator[Row]:
     try:
-        rows = _csv_rows(raw, name, schema) if schema.format == "csv" else _jsonl_rows(
-            raw, name, schema
+        rows = (
+            _csv_rows(raw, name, schema)
+            if schema.format == "csv"
+            else _jsonl_rows(raw, name, schema)
         )
         for count, row in enumerate(rows, start=1):
             if on_progress is not None and count % _PROGRESS_EVERY == 0:
@@ -534,8 +536,10 @@ def _jsonl_rows(raw: BinaryIO, name: str, schema: Schema) -> Iterator[Row]:
 
 
 def _json_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str) or (
-        isinstance(value, int) and not isinstance(value, bool)
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, int) and not isinstance(value, bool))
     )
 
 

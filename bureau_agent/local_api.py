@@ -176,7 +176,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         tag_count = 0
         hub = self._hub()
         call = hub.Enroll(timeout=None)
-        await call.write(
+        await _write(
+            call,
             hub_pb2.EnrollRequest(
                 header=hub_pb2.EnrollHeader(
                     dataset=request.dataset,
@@ -185,7 +186,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     category=request.category,
                     replace=request.replace,
                 )
-            )
+            ),
         )
         with self._store.enrollment(
             request.dataset, epoch=epoch, category=request.category, policy=policy
@@ -214,7 +215,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         digest.update(key.tag + key.handle + bytes([key.key_type]))
                     tag_count += len(keys)
                     if keys:
-                        await call.write(hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=keys)))
+                        await _write(call, hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=keys)))
                     for r in batch.rejections:
                         yield agent_pb2.LocalEnrollEvent(rejection=_rejection(r))
                     yield agent_pb2.LocalEnrollEvent(
@@ -226,10 +227,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                             bytes_total=total_bytes,
                         )
                     )
-                await call.write(
+                await _write(
+                    call,
                     hub_pb2.EnrollRequest(
                         trailer=hub_pb2.EnrollTrailer(tag_count=tag_count, digest=digest.digest())
-                    )
+                    ),
                 )
                 await call.done_writing()
                 response: hub_pb2.EnrollResponse = await call
@@ -386,7 +388,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     yield agent_pb2.LocalMatchEvent(rejection=_rejection(r))
                 if tags:
                     batch_id += 1
-                    await call.write(
+                    await _write(
+                        call,
                         hub_pb2.BulkMatchRequest(
                             batch_id=batch_id,
                             epoch=epoch,
@@ -395,7 +398,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                                 for t, k in zip(tags, batch.keys, strict=True)
                             ],
                             include_own=request.include_own,
-                        )
+                        ),
                     )
                     answer = await call.read()
                     if not isinstance(answer, hub_pb2.BulkMatchResponse) or (
@@ -499,6 +502,16 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     item.error = "no address in the directory"
                 status.custodians.append(item)
         return status
+
+
+async def _write(call: Any, message: Any) -> None:
+    """Write to a client stream; if the server already ended the RPC, raise its status
+    (e.g. ALREADY_EXISTS right after the header) rather than a bare state error."""
+    try:
+        await call.write(message)
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+        await call  # raises AioRpcError with the server's status and message
+        raise
 
 
 def _rejection(r: ingest.Rejection) -> agent_pb2.RowRejection:

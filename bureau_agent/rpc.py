@@ -8,7 +8,14 @@ from typing import Any, NoReturn
 import grpc
 
 from bureau_agent import pki
-from psi.errors import BlindmatchError, DeserializeError, InvalidInputError, PeerError, VerifyError
+from psi.errors import (
+    BlindmatchError,
+    DeserializeError,
+    InvalidInputError,
+    LocalError,
+    PeerError,
+    VerifyError,
+)
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -43,6 +50,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (VerifyError, grpc.StatusCode.INVALID_ARGUMENT),
     (PeerError, grpc.StatusCode.INVALID_ARGUMENT),
     (pki.PkiError, grpc.StatusCode.FAILED_PRECONDITION),
+    (LocalError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
 

@@ -86,6 +86,7 @@ def enrolled(fed: LocalFederation, data: dict[str, Path]) -> dict[str, Any]:
             "--schema",
             schema,
             "--linkable",
+            "--reveal-owner",
             "--json",
         )
     )
