@@ -599,3 +599,286 @@ class CustodianStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustodianStatus: _TypeAlias = CustodianStatus  # noqa: Y015
+
+@_typing.final
+class LocalDisclosureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    TTL_DAYS_FIELD_NUMBER: _builtins.int
+    match_id: _builtins.str
+    purpose: _builtins.str
+    legal_basis: _builtins.str
+    ttl_days: _builtins.int
+    """0: the agent's default (30 days)"""
+    def __init__(
+        self,
+        *,
+        match_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        legal_basis: _builtins.str = ...,
+        ttl_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["legal_basis", b"legal_basis", "match_id", b"match_id", "purpose", b"purpose", "ttl_days", b"ttl_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalDisclosureRequest: _TypeAlias = LocalDisclosureRequest  # noqa: Y015
+
+@_typing.final
+class LocalListDisclosuresRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCOMING_FIELD_NUMBER: _builtins.int
+    OUTGOING_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    incoming: _builtins.bool
+    outgoing: _builtins.bool
+    follow: _builtins.bool
+    def __init__(
+        self,
+        *,
+        incoming: _builtins.bool = ...,
+        outgoing: _builtins.bool = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "incoming", b"incoming", "outgoing", b"outgoing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalListDisclosuresRequest: _TypeAlias = LocalListDisclosuresRequest  # noqa: Y015
+
+@_typing.final
+class LocalShowDisclosureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """hex"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalShowDisclosureRequest: _TypeAlias = LocalShowDisclosureRequest  # noqa: Y015
+
+@_typing.final
+class LocalApproveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every field of the record"""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalApproveRequest: _TypeAlias = LocalApproveRequest  # noqa: Y015
+
+@_typing.final
+class LocalDenyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalDenyRequest: _TypeAlias = LocalDenyRequest  # noqa: Y015
+
+@_typing.final
+class LocalDisclosure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RecordEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MATCHED_ON_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
+    RECORD_REMOVED_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    direction: _builtins.str
+    """"incoming" or "outgoing" """
+    requester: _builtins.str
+    owner: _builtins.str
+    """empty when not revealed"""
+    match_id: _builtins.str
+    purpose: _builtins.str
+    legal_basis: _builtins.str
+    status: _builtins.str
+    """pending, approved, denied, expired"""
+    matched_on: _builtins.str
+    reason: _builtins.str
+    """a denial's reason"""
+    created_unix_ms: _builtins.int
+    expires_unix_ms: _builtins.int
+    verified: _builtins.bool
+    """signatures checked against the directory"""
+    record_removed: _builtins.bool
+    dataset: _builtins.str
+    """owner only"""
+    record_id: _builtins.str
+    """owner only"""
+    @_builtins.property
+    def record(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """owner: the local record; requester: the opened fields"""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        direction: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        match_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        legal_basis: _builtins.str = ...,
+        status: _builtins.str = ...,
+        matched_on: _builtins.str = ...,
+        record: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        expires_unix_ms: _builtins.int = ...,
+        verified: _builtins.bool = ...,
+        record_removed: _builtins.bool = ...,
+        dataset: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "dataset", b"dataset", "direction", b"direction", "expires_unix_ms", b"expires_unix_ms", "legal_basis", b"legal_basis", "match_id", b"match_id", "matched_on", b"matched_on", "owner", b"owner", "purpose", b"purpose", "reason", b"reason", "record", b"record", "record_id", b"record_id", "record_removed", b"record_removed", "request_id", b"request_id", "requester", b"requester", "status", b"status", "verified", b"verified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalDisclosure: _TypeAlias = LocalDisclosure  # noqa: Y015
+
+@_typing.final
+class LocalVerifyAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalVerifyAuditRequest: _TypeAlias = LocalVerifyAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENT_WITH_PREVIOUS_FIELD_NUMBER: _builtins.int
+    OWN_EVENTS_FIELD_NUMBER: _builtins.int
+    OWN_EVENTS_VERIFIED_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    WITNESSES_FIELD_NUMBER: _builtins.int
+    HEAD_TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    tree_size: _builtins.int
+    root: _builtins.bytes
+    previous_size: _builtins.int
+    consistent_with_previous: _builtins.bool
+    own_events: _builtins.int
+    own_events_verified: _builtins.int
+    head_timestamp_ms: _builtins.int
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def witnesses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """custodians whose heads were compared"""
+
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        tree_size: _builtins.int = ...,
+        root: _builtins.bytes = ...,
+        previous_size: _builtins.int = ...,
+        consistent_with_previous: _builtins.bool = ...,
+        own_events: _builtins.int = ...,
+        own_events_verified: _builtins.int = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+        witnesses: _abc.Iterable[_builtins.str] | None = ...,
+        head_timestamp_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent_with_previous", b"consistent_with_previous", "head_timestamp_ms", b"head_timestamp_ms", "ok", b"ok", "own_events", b"own_events", "own_events_verified", b"own_events_verified", "previous_size", b"previous_size", "problems", b"problems", "root", b"root", "tree_size", b"tree_size", "witnesses", b"witnesses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditReport: _TypeAlias = AuditReport  # noqa: Y015

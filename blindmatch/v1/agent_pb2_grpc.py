@@ -70,6 +70,36 @@ class AgentStub:
                 request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalStatusRequest.SerializeToString,
                 response_deserializer=blindmatch_dot_v1_dot_agent__pb2.AgentStatus.FromString,
                 _registered_method=True)
+        self.RequestDisclosure = channel.unary_unary(
+                '/blindmatch.v1.Agent/RequestDisclosure',
+                request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosureRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+                _registered_method=True)
+        self.ListDisclosures = channel.unary_stream(
+                '/blindmatch.v1.Agent/ListDisclosures',
+                request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalListDisclosuresRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+                _registered_method=True)
+        self.ShowDisclosure = channel.unary_unary(
+                '/blindmatch.v1.Agent/ShowDisclosure',
+                request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalShowDisclosureRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+                _registered_method=True)
+        self.ApproveDisclosure = channel.unary_unary(
+                '/blindmatch.v1.Agent/ApproveDisclosure',
+                request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalApproveRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+                _registered_method=True)
+        self.DenyDisclosure = channel.unary_unary(
+                '/blindmatch.v1.Agent/DenyDisclosure',
+                request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDenyRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/blindmatch.v1.Agent/VerifyAudit',
+                request_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalVerifyAuditRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_agent__pb2.AuditReport.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -122,6 +152,46 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestDisclosure(self, request, context):
+        """Disclosure: request the record behind a match; the owner's officer
+        lists, shows, approves (sealing chosen fields) or denies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDisclosures(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowDisclosure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveDisclosure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyDisclosure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Check the hub's audit log: signed head, consistency with the last head
+        seen, inclusion of this bureau's own events, and witnesses' heads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +229,36 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalStatusRequest.FromString,
                     response_serializer=blindmatch_dot_v1_dot_agent__pb2.AgentStatus.SerializeToString,
+            ),
+            'RequestDisclosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestDisclosure,
+                    request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosureRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.SerializeToString,
+            ),
+            'ListDisclosures': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListDisclosures,
+                    request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalListDisclosuresRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.SerializeToString,
+            ),
+            'ShowDisclosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowDisclosure,
+                    request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalShowDisclosureRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.SerializeToString,
+            ),
+            'ApproveDisclosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveDisclosure,
+                    request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalApproveRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.SerializeToString,
+            ),
+            'DenyDisclosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyDisclosure,
+                    request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalDenyRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=blindmatch_dot_v1_dot_agent__pb2.LocalVerifyAuditRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_agent__pb2.AuditReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +450,168 @@ class Agent:
             '/blindmatch.v1.Agent/GetStatus',
             blindmatch_dot_v1_dot_agent__pb2.LocalStatusRequest.SerializeToString,
             blindmatch_dot_v1_dot_agent__pb2.AgentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestDisclosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.Agent/RequestDisclosure',
+            blindmatch_dot_v1_dot_agent__pb2.LocalDisclosureRequest.SerializeToString,
+            blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisclosures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/blindmatch.v1.Agent/ListDisclosures',
+            blindmatch_dot_v1_dot_agent__pb2.LocalListDisclosuresRequest.SerializeToString,
+            blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowDisclosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.Agent/ShowDisclosure',
+            blindmatch_dot_v1_dot_agent__pb2.LocalShowDisclosureRequest.SerializeToString,
+            blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveDisclosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.Agent/ApproveDisclosure',
+            blindmatch_dot_v1_dot_agent__pb2.LocalApproveRequest.SerializeToString,
+            blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyDisclosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.Agent/DenyDisclosure',
+            blindmatch_dot_v1_dot_agent__pb2.LocalDenyRequest.SerializeToString,
+            blindmatch_dot_v1_dot_agent__pb2.LocalDisclosure.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.Agent/VerifyAudit',
+            blindmatch_dot_v1_dot_agent__pb2.LocalVerifyAuditRequest.SerializeToString,
+            blindmatch_dot_v1_dot_agent__pb2.AuditReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,18 @@ class AgentStub:
     """Standing-match notices (stored at the hub until read)."""
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalListDatasetsRequest, _agent_pb2.LocalListDatasetsResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalStatusRequest, _agent_pb2.AgentStatus]
+    RequestDisclosure: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalDisclosureRequest, _agent_pb2.LocalDisclosure]
+    """Disclosure: request the record behind a match; the owner's officer
+    lists, shows, approves (sealing chosen fields) or denies.
+    """
+    ListDisclosures: _grpc.UnaryStreamMultiCallable[_agent_pb2.LocalListDisclosuresRequest, _agent_pb2.LocalDisclosure]
+    ShowDisclosure: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalShowDisclosureRequest, _agent_pb2.LocalDisclosure]
+    ApproveDisclosure: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalApproveRequest, _agent_pb2.LocalDisclosure]
+    DenyDisclosure: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalDenyRequest, _agent_pb2.LocalDisclosure]
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LocalVerifyAuditRequest, _agent_pb2.AuditReport]
+    """Check the hub's audit log: signed head, consistency with the last head
+    seen, inclusion of this bureau's own events, and witnesses' heads.
+    """
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
@@ -63,6 +75,18 @@ class AgentAsyncStub(AgentStub):
     """Standing-match notices (stored at the hub until read)."""
     ListDatasets: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalListDatasetsRequest, _agent_pb2.LocalListDatasetsResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalStatusRequest, _agent_pb2.AgentStatus]  # type: ignore[assignment]
+    RequestDisclosure: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalDisclosureRequest, _agent_pb2.LocalDisclosure]  # type: ignore[assignment]
+    """Disclosure: request the record behind a match; the owner's officer
+    lists, shows, approves (sealing chosen fields) or denies.
+    """
+    ListDisclosures: _aio.UnaryStreamMultiCallable[_agent_pb2.LocalListDisclosuresRequest, _agent_pb2.LocalDisclosure]  # type: ignore[assignment]
+    ShowDisclosure: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalShowDisclosureRequest, _agent_pb2.LocalDisclosure]  # type: ignore[assignment]
+    ApproveDisclosure: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalApproveRequest, _agent_pb2.LocalDisclosure]  # type: ignore[assignment]
+    DenyDisclosure: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalDenyRequest, _agent_pb2.LocalDisclosure]  # type: ignore[assignment]
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_agent_pb2.LocalVerifyAuditRequest, _agent_pb2.AuditReport]  # type: ignore[assignment]
+    """Check the hub's audit log: signed head, consistency with the last head
+    seen, inclusion of this bureau's own events, and witnesses' heads.
+    """
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -118,5 +142,53 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.LocalStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.AgentStatus, _abc.Awaitable[_agent_pb2.AgentStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestDisclosure(
+        self,
+        request: _agent_pb2.LocalDisclosureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.LocalDisclosure, _abc.Awaitable[_agent_pb2.LocalDisclosure]]:
+        """Disclosure: request the record behind a match; the owner's officer
+        lists, shows, approves (sealing chosen fields) or denies.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDisclosures(
+        self,
+        request: _agent_pb2.LocalListDisclosuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.LocalDisclosure], _abc.AsyncIterator[_agent_pb2.LocalDisclosure]]: ...
+
+    @_abc_1.abstractmethod
+    def ShowDisclosure(
+        self,
+        request: _agent_pb2.LocalShowDisclosureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.LocalDisclosure, _abc.Awaitable[_agent_pb2.LocalDisclosure]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveDisclosure(
+        self,
+        request: _agent_pb2.LocalApproveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.LocalDisclosure, _abc.Awaitable[_agent_pb2.LocalDisclosure]]: ...
+
+    @_abc_1.abstractmethod
+    def DenyDisclosure(
+        self,
+        request: _agent_pb2.LocalDenyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.LocalDisclosure, _abc.Awaitable[_agent_pb2.LocalDisclosure]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _agent_pb2.LocalVerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.AuditReport, _abc.Awaitable[_agent_pb2.AuditReport]]:
+        """Check the hub's audit log: signed head, consistency with the last head
+        seen, inclusion of this bureau's own events, and witnesses' heads.
+        """
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

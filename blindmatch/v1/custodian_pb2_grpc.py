@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from blindmatch.v1 import audit_pb2 as blindmatch_dot_v1_dot_audit__pb2
 from blindmatch.v1 import custodian_pb2 as blindmatch_dot_v1_dot_custodian__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,11 @@ class CustodianStub:
                 request_serializer=blindmatch_dot_v1_dot_custodian__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=blindmatch_dot_v1_dot_custodian__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.ExchangeTreeHead = channel.unary_unary(
+                '/blindmatch.v1.Custodian/ExchangeTreeHead',
+                request_serializer=blindmatch_dot_v1_dot_audit__pb2.SignedTreeHead.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_audit__pb2.SignedTreeHead.FromString,
+                _registered_method=True)
 
 
 class CustodianServicer:
@@ -64,6 +70,15 @@ class CustodianServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExchangeTreeHead(self, request, context):
+        """Audit gossip: the caller shows the latest hub tree head it saw and gets
+        this agent's latest one, so that a hub showing different bureaus
+        different logs (a fork) is caught.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustodianServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +91,11 @@ def add_CustodianServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=blindmatch_dot_v1_dot_custodian__pb2.EvaluateRequest.FromString,
                     response_serializer=blindmatch_dot_v1_dot_custodian__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'ExchangeTreeHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeTreeHead,
+                    request_deserializer=blindmatch_dot_v1_dot_audit__pb2.SignedTreeHead.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_audit__pb2.SignedTreeHead.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +152,33 @@ class Custodian:
             '/blindmatch.v1.Custodian/Evaluate',
             blindmatch_dot_v1_dot_custodian__pb2.EvaluateRequest.SerializeToString,
             blindmatch_dot_v1_dot_custodian__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeTreeHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.Custodian/ExchangeTreeHead',
+            blindmatch_dot_v1_dot_audit__pb2.SignedTreeHead.SerializeToString,
+            blindmatch_dot_v1_dot_audit__pb2.SignedTreeHead.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ Served by a bureau agent whose configuration holds a share, over mutual
 TLS; the caller's bureau code is taken from its certificate.
 """
 
+from blindmatch.v1 import audit_pb2 as _audit_pb2
 from blindmatch.v1 import custodian_pb2 as _custodian_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -40,6 +41,11 @@ class CustodianStub:
     """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
     against lambda_i * K_i (RFC 9497 section 2.2).
     """
+    ExchangeTreeHead: _grpc.UnaryUnaryMultiCallable[_audit_pb2.SignedTreeHead, _audit_pb2.SignedTreeHead]
+    """Audit gossip: the caller shows the latest hub tree head it saw and gets
+    this agent's latest one, so that a hub showing different bureaus
+    different logs (a fork) is caught.
+    """
 
 @_typing.type_check_only
 class CustodianAsyncStub(CustodianStub):
@@ -49,6 +55,11 @@ class CustodianAsyncStub(CustodianStub):
     Evaluate: _aio.UnaryUnaryMultiCallable[_custodian_pb2.EvaluateRequest, _custodian_pb2.EvaluateResponse]  # type: ignore[assignment]
     """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
     against lambda_i * K_i (RFC 9497 section 2.2).
+    """
+    ExchangeTreeHead: _aio.UnaryUnaryMultiCallable[_audit_pb2.SignedTreeHead, _audit_pb2.SignedTreeHead]  # type: ignore[assignment]
+    """Audit gossip: the caller shows the latest hub tree head it saw and gets
+    this agent's latest one, so that a hub showing different bureaus
+    different logs (a fork) is caught.
     """
 
 class CustodianServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +79,17 @@ class CustodianServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_custodian_pb2.EvaluateResponse, _abc.Awaitable[_custodian_pb2.EvaluateResponse]]:
         """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
         against lambda_i * K_i (RFC 9497 section 2.2).
+        """
+
+    @_abc_1.abstractmethod
+    def ExchangeTreeHead(
+        self,
+        request: _audit_pb2.SignedTreeHead,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.SignedTreeHead, _abc.Awaitable[_audit_pb2.SignedTreeHead]]:
+        """Audit gossip: the caller shows the latest hub tree head it saw and gets
+        this agent's latest one, so that a hub showing different bureaus
+        different logs (a fork) is caught.
         """
 
 def add_CustodianServicer_to_server(servicer: CustodianServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -138,11 +138,14 @@ class EnrollResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TAG_COUNT_FIELD_NUMBER: _builtins.int
     NEW_NOTICES_FIELD_NUMBER: _builtins.int
+    AUDIT_INDEX_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     version: _builtins.int
     tag_count: _builtins.int
     new_notices: _builtins.int
     """standing matches this version created"""
+    audit_index: _builtins.int
+    """the audit log leaf recording this enrollment"""
     def __init__(
         self,
         *,
@@ -150,10 +153,11 @@ class EnrollResponse(_message.Message):
         version: _builtins.int = ...,
         tag_count: _builtins.int = ...,
         new_notices: _builtins.int = ...,
+        audit_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "new_notices", b"new_notices", "tag_count", b"tag_count", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_index", b"audit_index", "dataset", b"dataset", "new_notices", b"new_notices", "tag_count", b"tag_count", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,6 +165,11 @@ Global___EnrollResponse: _TypeAlias = EnrollResponse  # noqa: Y015
 
 @_typing.final
 class UpdateDatasetRequest(_message.Message):
+    """`removed` counts the handles named (the hub keeps no index by handle, so it
+    cannot tell a never-enrolled handle apart); `tag_count` drops once the
+    background sweep has deleted the removed keys.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
@@ -199,12 +208,14 @@ class UpdateDatasetResponse(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     TAG_COUNT_FIELD_NUMBER: _builtins.int
     NEW_NOTICES_FIELD_NUMBER: _builtins.int
+    AUDIT_INDEX_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     version: _builtins.int
     added: _builtins.int
     removed: _builtins.int
     tag_count: _builtins.int
     new_notices: _builtins.int
+    audit_index: _builtins.int
     def __init__(
         self,
         *,
@@ -214,10 +225,11 @@ class UpdateDatasetResponse(_message.Message):
         removed: _builtins.int = ...,
         tag_count: _builtins.int = ...,
         new_notices: _builtins.int = ...,
+        audit_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "dataset", b"dataset", "new_notices", b"new_notices", "removed", b"removed", "tag_count", b"tag_count", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "audit_index", b"audit_index", "dataset", b"dataset", "new_notices", b"new_notices", "removed", b"removed", "tag_count", b"tag_count", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,7 +268,9 @@ class QueryResponse(_message.Message):
 
     MATCHES_FIELD_NUMBER: _builtins.int
     DATASETS_SEARCHED_FIELD_NUMBER: _builtins.int
+    AUDIT_INDEX_FIELD_NUMBER: _builtins.int
     datasets_searched: _builtins.int
+    audit_index: _builtins.int
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Match]: ...
     def __init__(
@@ -264,10 +278,11 @@ class QueryResponse(_message.Message):
         *,
         matches: _abc.Iterable[_common_pb2.Match] | None = ...,
         datasets_searched: _builtins.int = ...,
+        audit_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets_searched", b"datasets_searched", "matches", b"matches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_index", b"audit_index", "datasets_searched", b"datasets_searched", "matches", b"matches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,7 +323,9 @@ class BulkMatchResponse(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     MATCHES_FIELD_NUMBER: _builtins.int
+    AUDIT_INDEX_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
+    audit_index: _builtins.int
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Match]: ...
     def __init__(
@@ -316,10 +333,11 @@ class BulkMatchResponse(_message.Message):
         *,
         batch_id: _builtins.int = ...,
         matches: _abc.Iterable[_common_pb2.Match] | None = ...,
+        audit_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "matches", b"matches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_index", b"audit_index", "batch_id", b"batch_id", "matches", b"matches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
