@@ -23,7 +23,7 @@ from bureau_agent import pki as pki_mod
 from bureau_agent.config import AgentConfig
 from bureau_agent.core_demo import run_core_demo
 from bureau_agent.ingest import Rejected, Schema, Summary, read_rows
-from bureau_agent.local_api import key_type_from_proto
+from bureau_agent.keytypes import key_type_from_proto
 from psi.errors import BlindmatchError
 from psi.identifiers import KeyType
 
@@ -758,6 +758,198 @@ def status(config_path: Path, as_json: bool) -> None:
     for c in s.custodians:
         state = "ok" if c.reachable else f"NOT reachable ({c.error})"
         click.echo(f"  custodian {c.bureau} #{c.share_index} at {c.address or '-'}: {state}")
+
+
+# --------------------------------------------------------------------------
+# blindmatch disclosure / audit
+# --------------------------------------------------------------------------
+
+
+def _disclosure_json(d: agent_pb2.LocalDisclosure) -> dict[str, object]:
+    return {
+        "request_id": d.request_id,
+        "direction": d.direction,
+        "status": d.status,
+        "requester": d.requester,
+        "owner": d.owner or None,
+        "match_id": d.match_id,
+        "matched_on": d.matched_on or None,
+        "purpose": d.purpose,
+        "legal_basis": d.legal_basis,
+        "record": dict(d.record),
+        "record_id": d.record_id or None,
+        "dataset": d.dataset or None,
+        "reason": d.reason or None,
+        "verified": d.verified,
+        "record_removed": d.record_removed,
+        "created_unix_ms": d.created_unix_ms,
+        "expires_unix_ms": d.expires_unix_ms,
+    }
+
+
+def _print_disclosure(d: agent_pb2.LocalDisclosure) -> None:
+    j = _disclosure_json(d)
+    arrow = f"{j['requester']} -> {j['owner'] or 'owner hidden'}"
+    click.echo(f"{j['request_id']}  {j['direction']}  {j['status']}  {arrow}")
+    click.echo(
+        f"  match {j['match_id']}" + (f", matched on {j['matched_on']}" if j["matched_on"] else "")
+    )
+    click.echo(f"  purpose: {j['purpose']}")
+    click.echo(f"  legal basis: {j['legal_basis']}")
+    if j["record_id"]:
+        click.echo(f"  your record: {j['dataset']}/{j['record_id']}")
+    if j["record_removed"]:
+        click.echo("  the record was removed since the match")
+    for name, value in sorted(d.record.items()):
+        click.echo(f"    {name}: {value}")
+    if j["reason"]:
+        click.echo(f"  reason: {j['reason']}")
+    if not j["verified"]:
+        click.echo("  WARNING: signatures did not verify; do not rely on this case", err=True)
+
+
+@main.group()
+def disclosure() -> None:
+    """Consent-gated disclosure of the record behind a match."""
+
+
+@disclosure.command("request")
+@click.argument("match_id")
+@click.option("--purpose", required=True, help="Why the record is needed (case reference).")
+@click.option("--legal-basis", required=True, help="The law or agreement that allows the request.")
+@click.option("--days", default=30, show_default=True, help="Days until the request expires.")
+@config_option
+@json_option
+@_handles_errors
+def disclosure_request(
+    match_id: str, purpose: str, legal_basis: str, days: int, config_path: Path, as_json: bool
+) -> None:
+    """Ask the owner of MATCH_ID's record to disclose it (signed, routed by the hub)."""
+    d = _agent(config_path).RequestDisclosure(
+        agent_pb2.LocalDisclosureRequest(
+            match_id=match_id, purpose=purpose, legal_basis=legal_basis, ttl_days=days
+        )
+    )
+    if as_json:
+        click.echo(json.dumps(_disclosure_json(d)))
+    else:
+        _print_disclosure(d)
+
+
+@disclosure.command("list")
+@click.option("--incoming", is_flag=True, help="Requests addressed to your bureau.")
+@click.option("--outgoing", is_flag=True, help="Requests your bureau made.")
+@click.option("--follow", "-f", is_flag=True, help="Keep watching; print new cases as they arrive.")
+@config_option
+@json_option
+@_handles_errors
+def disclosure_list(
+    incoming: bool, outgoing: bool, follow: bool, config_path: Path, as_json: bool
+) -> None:
+    """List disclosure cases (both directions unless one is chosen)."""
+    stream = _agent(config_path).ListDisclosures(
+        agent_pb2.LocalListDisclosuresRequest(incoming=incoming, outgoing=outgoing, follow=follow)
+    )
+    try:
+        for d in stream:
+            if as_json:
+                click.echo(json.dumps(_disclosure_json(d)))
+            else:
+                _print_disclosure(d)
+    except KeyboardInterrupt:
+        pass
+
+
+@disclosure.command("show")
+@click.argument("request_id")
+@config_option
+@json_option
+@_handles_errors
+def disclosure_show(request_id: str, config_path: Path, as_json: bool) -> None:
+    """One case: the owner sees the local record; the requester the opened record."""
+    d = _agent(config_path).ShowDisclosure(
+        agent_pb2.LocalShowDisclosureRequest(request_id=request_id)
+    )
+    if as_json:
+        click.echo(json.dumps(_disclosure_json(d)))
+    else:
+        _print_disclosure(d)
+
+
+@disclosure.command("approve")
+@click.argument("request_id")
+@click.option("--fields", default="", help="Comma-separated fields to disclose (default: all).")
+@config_option
+@json_option
+@_handles_errors
+def disclosure_approve(request_id: str, fields: str, config_path: Path, as_json: bool) -> None:
+    """Approve REQUEST_ID: seal the chosen fields to the requester and sign the decision."""
+    names = [f.strip() for f in fields.split(",") if f.strip()]
+    d = _agent(config_path).ApproveDisclosure(
+        agent_pb2.LocalApproveRequest(request_id=request_id, fields=names)
+    )
+    if as_json:
+        click.echo(json.dumps(_disclosure_json(d)))
+    else:
+        _print_disclosure(d)
+
+
+@disclosure.command("deny")
+@click.argument("request_id")
+@click.option("--reason", required=True, help="Told to the requester.")
+@config_option
+@json_option
+@_handles_errors
+def disclosure_deny(request_id: str, reason: str, config_path: Path, as_json: bool) -> None:
+    """Deny REQUEST_ID with a reason (signed)."""
+    d = _agent(config_path).DenyDisclosure(
+        agent_pb2.LocalDenyRequest(request_id=request_id, reason=reason)
+    )
+    if as_json:
+        click.echo(json.dumps(_disclosure_json(d)))
+    else:
+        _print_disclosure(d)
+
+
+@main.group()
+def audit() -> None:
+    """The hub's tamper-evident audit log."""
+
+
+@audit.command("verify")
+@config_option
+@json_option
+@_handles_errors
+def audit_verify(config_path: Path, as_json: bool) -> None:
+    """Check the hub's signed log: consistency, your own events, other bureaus' view."""
+    r = _agent(config_path).VerifyAudit(agent_pb2.LocalVerifyAuditRequest())
+    out = {
+        "ok": r.ok,
+        "tree_size": r.tree_size,
+        "root": r.root.hex(),
+        "head_timestamp_ms": r.head_timestamp_ms,
+        "previous_size": r.previous_size,
+        "consistent_with_previous": r.consistent_with_previous,
+        "own_events": r.own_events,
+        "own_events_verified": r.own_events_verified,
+        "witnesses": list(r.witnesses),
+        "problems": list(r.problems),
+    }
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"signed tree head: {r.tree_size} entries, root {r.root.hex()[:16]}…")
+        click.echo(
+            f"consistent with the head seen before (size {r.previous_size}): "
+            + ("yes" if r.consistent_with_previous else "NO")
+        )
+        click.echo(f"own events in the log, unaltered: {r.own_events_verified}/{r.own_events}")
+        click.echo("witnesses: " + (", ".join(r.witnesses) or "none reachable"))
+        for problem in r.problems:
+            click.echo(f"PROBLEM: {problem}", err=True)
+        click.echo("audit: OK" if r.ok else "audit: FAILED")
+    if not r.ok:
+        sys.exit(EXIT_FAILED)
 
 
 # --------------------------------------------------------------------------

@@ -71,6 +71,14 @@ class AgentConfig:
         return pki.TlsFiles.in_folder(self.credentials)
 
     @property
+    def signing_key_path(self) -> Path:
+        return self.credentials / "signing.key"
+
+    @property
+    def hpke_key_paths(self) -> tuple[Path, Path]:
+        return self.credentials / "hpke-mlkem768.key", self.credentials / "hpke-x25519.key"
+
+    @property
     def socket_path(self) -> Path:
         return self.state_dir / "agent.sock"
 

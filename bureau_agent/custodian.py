@@ -20,8 +20,9 @@ from typing import Any
 
 import grpc
 
-from blindmatch.v1 import custodian_pb2, custodian_pb2_grpc
+from blindmatch.v1 import audit_pb2, custodian_pb2, custodian_pb2_grpc
 from bureau_agent import pki, rpc, work
+from bureau_agent.audit_check import AuditChecker, head_from_proto, head_to_proto
 from bureau_agent.ceremony import CustodianShare
 
 __all__ = ["CustodianService"]
@@ -39,7 +40,9 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
         executor: Executor,
         *,
         max_batch: int = 4096,
+        witness: AuditChecker | None = None,
     ) -> None:
+        self._witness = witness
         self._share = share
         self._directory = directory
         self._executor = executor
@@ -98,6 +101,22 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
             evaluated_elements=evaluated,
             proof=proof,
         )
+
+    def attach_witness(self, witness: AuditChecker) -> None:
+        """Serve this agent's audit checker as a gossip witness."""
+        self._witness = witness
+
+    async def ExchangeTreeHead(
+        self, request: audit_pb2.SignedTreeHead, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> audit_pb2.SignedTreeHead:
+        try:
+            rpc.caller_identity(context, self._directory())
+        except Exception as exc:
+            await rpc.abort_for(context, exc)
+        if self._witness is None:
+            return audit_pb2.SignedTreeHead()
+        ours = await self._witness.witness(head_from_proto(request))
+        return head_to_proto(ours) if ours is not None else audit_pb2.SignedTreeHead()
 
     def _check_epoch(self, epoch: int) -> None:
         held = self._share.epoch.epoch

@@ -18,10 +18,12 @@ from blindmatch.v1 import agent_pb2_grpc, custodian_pb2_grpc
 from bureau_agent import ceremony, pki, rpc
 from bureau_agent.config import AgentConfig
 from bureau_agent.custodian import CustodianService
+from bureau_agent.disclosure_desk import DisclosureDesk
 from bureau_agent.local_api import AgentService
 from bureau_agent.logs import setup_logging
 from bureau_agent.records import RecordStore
 from bureau_agent.tagging import ThresholdTagger
+from psi import disclosure
 
 __all__ = ["run", "serve"]
 
@@ -47,13 +49,14 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     servers: list[grpc.aio.Server] = []
     health_servicer = health.aio.HealthServicer()
 
+    custodian_service: CustodianService | None = None
     if config.custodian is not None:
         share = ceremony.load_share(config.custodian.share, directory.get(), config.bureau)
         custodian_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
-        custodian_pb2_grpc.add_CustodianServicer_to_server(
-            CustodianService(share, directory.get, executor, max_batch=config.custodian.max_batch),
-            custodian_server,
+        custodian_service = CustodianService(
+            share, directory.get, executor, max_batch=config.custodian.max_batch
         )
+        custodian_pb2_grpc.add_CustodianServicer_to_server(custodian_service, custodian_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, custodian_server)
         port = custodian_server.add_secure_port(config.listen, config.tls.server_credentials())
         if port == 0:
@@ -73,6 +76,21 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
 
     tagger = ThresholdTagger(directory, config.tls, executor, rpc_timeout=config.rpc_timeout)
     agent = AgentService(config, directory, tagger, store)
+    if config.signing_key_path.exists() and all(p.exists() for p in config.hpke_key_paths):
+        mlkem_path, x25519_path = config.hpke_key_paths
+        agent.attach_desk(
+            DisclosureDesk(
+                config.bureau,
+                store,
+                directory,
+                pki.load_ed25519_key(config.signing_key_path),
+                disclosure.hpke_private_key(mlkem_path.read_bytes(), x25519_path.read_bytes()),
+                agent.hub_channel,
+                timeout=config.rpc_timeout,
+            )
+        )
+    if custodian_service is not None:
+        custodian_service.attach_witness(agent.audit)
     local_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
     agent_pb2_grpc.add_AgentServicer_to_server(agent, local_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, local_server)

@@ -29,39 +29,21 @@ from blindmatch.v1 import (
     hub_pb2_grpc,
 )
 from bureau_agent import ingest, pki, rpc
+from bureau_agent.audit_check import AuditChecker
 from bureau_agent.config import AgentConfig
+from bureau_agent.disclosure_desk import DisclosureDesk
+from bureau_agent.keytypes import key_type_to_proto
 from bureau_agent.records import EnrollmentWriter, RecordStore
 from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
+from psi import audit
 from psi.errors import BlindmatchError, InvalidInputError
-from psi.identifiers import InvalidRecordError, KeyType, MatchKey, Record, match_keys
+from psi.identifiers import InvalidRecordError, MatchKey, Record, match_keys
 
-__all__ = ["AgentService", "key_type_from_proto", "key_type_to_proto"]
+__all__ = ["AgentService"]
 
 log = logging.getLogger("blindmatch.agent")
 
-_KEY_TYPES = {
-    KeyType.PASSPORT: common_pb2.KEY_TYPE_PASSPORT,
-    KeyType.IDCARD: common_pb2.KEY_TYPE_IDCARD,
-    KeyType.PERSON: common_pb2.KEY_TYPE_PERSON,
-    KeyType.PERSON_PHONETIC: common_pb2.KEY_TYPE_PERSON_PHONETIC,
-    KeyType.PHONE: common_pb2.KEY_TYPE_PHONE,
-    KeyType.EMAIL: common_pb2.KEY_TYPE_EMAIL,
-    KeyType.IBAN: common_pb2.KEY_TYPE_IBAN,
-    KeyType.VIN: common_pb2.KEY_TYPE_VIN,
-}
-_KEY_TYPES_BACK = {v: k for k, v in _KEY_TYPES.items()}
 IN_FLIGHT = 4  # OPRF batches tagged concurrently per enrollment (keeps both cores busy)
-
-
-def key_type_to_proto(key_type: KeyType) -> common_pb2.KeyType.ValueType:
-    return _KEY_TYPES[key_type]
-
-
-def key_type_from_proto(value: int) -> KeyType:
-    try:
-        return _KEY_TYPES_BACK[value]  # type: ignore[index]
-    except KeyError:
-        raise InvalidInputError(f"unknown key type {value}", field="key_type") from None
 
 
 @dataclass
@@ -92,8 +74,44 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self._store = store
         self._store_lock = asyncio.Lock()
         self._hub_channel: grpc.aio.Channel | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.audit = AuditChecker(
+            config.bureau,
+            store,
+            directory,
+            self.hub_channel,
+            config.tls,
+            timeout=config.rpc_timeout,
+        )
+        self._desk: DisclosureDesk | None = None
+
+    def attach_desk(self, desk: DisclosureDesk) -> None:
+        """Give the service its disclosure desk (made by the daemon with the keys)."""
+        self._desk = desk
+
+    @property
+    def desk(self) -> DisclosureDesk:
+        if self._desk is None:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this agent has no signing and HPKE keys configured for disclosure",
+            )
+        return self._desk
 
     # -- plumbing ---------------------------------------------------------
+
+    def hub_channel(self) -> grpc.aio.Channel:
+        """The (lazily opened) mutual-TLS channel to the hub."""
+        self._hub()
+        assert self._hub_channel is not None  # noqa: S101 - set by _hub()
+        return self._hub_channel
+
+    def _audit_event(self, index: int, kind: audit.EntryKind, **expected: object) -> None:
+        """Remember an own audited event, then check the log head in the background."""
+        self.audit.record_event(index, kind, **expected)
+        task = asyncio.create_task(self.audit.on_contact())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _hub(self) -> hub_pb2_grpc.HubAsyncStub:
         if self._hub_channel is None:
@@ -208,7 +226,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     batch, task = pending.pop(0)
                     tags = await task
                     keys = [
-                        common_pb2.TaggedKey(tag=t, handle=h, key_type=_KEY_TYPES[k.type])
+                        common_pb2.TaggedKey(tag=t, handle=h, key_type=key_type_to_proto(k.type))
                         for t, h, k in zip(tags, batch.handles, batch.keys, strict=True)
                     ]
                     for key in keys:
@@ -241,6 +259,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 call.cancel()
                 raise
             await asyncio.to_thread(writer.commit, response.version)
+            self._audit_event(
+                response.audit_index,
+                audit.EntryKind.ENROLLMENT,
+                bureau=self._config.bureau,
+                dataset=request.dataset,
+                version=response.version,
+                digest=digest.digest(),
+            )
         yield agent_pb2.LocalEnrollEvent(
             summary=agent_pb2.EnrollSummary(
                 dataset=request.dataset,
@@ -298,6 +324,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 timeout=self._timeout,
             )
             self._store.mark_removed(handles, reply.version, request.dataset)
+            self._audit_event(
+                reply.audit_index,
+                audit.EntryKind.REMOVAL,
+                bureau=self._config.bureau,
+                dataset=request.dataset,
+                version=reply.version,
+            )
             return agent_pb2.LocalRemoveResponse(
                 removed_keys=len(handles), version=reply.version, unknown=unknown
             )
@@ -325,12 +358,15 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             hub_pb2.QueryRequest(
                 epoch=self._tagger.epoch.epoch,
                 tags=[
-                    common_pb2.QueryTag(tag=t, key_type=_KEY_TYPES[k.type])
+                    common_pb2.QueryTag(tag=t, key_type=key_type_to_proto(k.type))
                     for t, k in zip(tags, keys, strict=True)
                 ],
                 include_own=request.include_own,
             ),
             timeout=self._timeout,
+        )
+        self._audit_event(
+            reply.audit_index, audit.EntryKind.QUERY, requester=self._config.bureau, tags=len(tags)
         )
         return agent_pb2.LocalQueryResponse(
             matches=list(reply.matches), keys_queried=[k.type.value for k in keys]
@@ -394,7 +430,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                             batch_id=batch_id,
                             epoch=epoch,
                             tags=[
-                                common_pb2.QueryTag(tag=t, key_type=_KEY_TYPES[k.type])
+                                common_pb2.QueryTag(tag=t, key_type=key_type_to_proto(k.type))
                                 for t, k in zip(tags, batch.keys, strict=True)
                             ],
                             include_own=request.include_own,
@@ -405,6 +441,12 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         answer.batch_id != batch_id
                     ):
                         raise InvalidInputError("hub answered bulk batches out of order")
+                    self._audit_event(
+                        answer.audit_index,
+                        audit.EntryKind.QUERY,
+                        requester=self._config.bureau,
+                        tags=len(tags),
+                    )
                     for match in answer.matches:
                         record_id, line = batch.rows[match.query_index]
                         hits += 1
@@ -502,6 +544,107 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     item.error = "no address in the directory"
                 status.custodians.append(item)
         return status
+
+    # -- disclosure ---------------------------------------------------------
+
+    async def RequestDisclosure(
+        self, request: agent_pb2.LocalDisclosureRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.LocalDisclosure:
+        async def work() -> agent_pb2.LocalDisclosure:
+            shown, ticket, signed = await self.desk.request(
+                request.match_id, request.purpose, request.legal_basis, request.ttl_days
+            )
+            self._audit_event(
+                ticket.audit_index,
+                audit.EntryKind.DISCLOSURE_REQUEST,
+                request_id=signed.request_id,
+                requester=self._config.bureau,
+                request_digest=signed.digest(),
+            )
+            return shown
+
+        result: agent_pb2.LocalDisclosure = await self._guard(context, work())
+        return result
+
+    async def ListDisclosures(
+        self,
+        request: agent_pb2.LocalListDisclosuresRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.LocalDisclosure]:
+        try:
+            stream = self.desk.list_stream(request.incoming, request.outgoing, request.follow)
+            async for case in stream:
+                yield self.desk.describe(case)
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"hub: {exc.details()}")
+        except BlindmatchError as exc:
+            await rpc.abort_for(context, exc)
+
+    async def ShowDisclosure(
+        self,
+        request: agent_pb2.LocalShowDisclosureRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb2.LocalDisclosure:
+        async def work() -> agent_pb2.LocalDisclosure:
+            return self.desk.describe(await self.desk.get(request.request_id))
+
+        result: agent_pb2.LocalDisclosure = await self._guard(context, work())
+        return result
+
+    async def ApproveDisclosure(
+        self, request: agent_pb2.LocalApproveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.LocalDisclosure:
+        async def work() -> agent_pb2.LocalDisclosure:
+            receipt, decision = await self.desk.approve(request.request_id, list(request.fields))
+            self._decided(receipt.audit_index, decision)
+            return self.desk.describe(await self.desk.get(request.request_id))
+
+        result: agent_pb2.LocalDisclosure = await self._guard(context, work())
+        return result
+
+    async def DenyDisclosure(
+        self, request: agent_pb2.LocalDenyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.LocalDisclosure:
+        async def work() -> agent_pb2.LocalDisclosure:
+            receipt, decision = await self.desk.deny(request.request_id, request.reason)
+            self._decided(receipt.audit_index, decision)
+            return self.desk.describe(await self.desk.get(request.request_id))
+
+        result: agent_pb2.LocalDisclosure = await self._guard(context, work())
+        return result
+
+    def _decided(self, index: int, decision: Any) -> None:
+        self._audit_event(
+            index,
+            audit.EntryKind.DISCLOSURE_DECISION,
+            request_id=decision.request_id,
+            owner=self._config.bureau,
+            outcome=decision.outcome.value,
+            decision_digest=hashlib.sha256(decision.encode()).digest(),
+        )
+
+    # -- audit --------------------------------------------------------------
+
+    async def VerifyAudit(
+        self,
+        request: agent_pb2.LocalVerifyAuditRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb2.AuditReport:
+        result = await self._guard(context, self.audit.verify())
+        report = agent_pb2.AuditReport(
+            ok=result.ok,
+            previous_size=result.previous_size,
+            consistent_with_previous=result.consistent_with_previous,
+            own_events=result.own_events,
+            own_events_verified=result.own_events_verified,
+            problems=result.problems,
+            witnesses=result.witnesses,
+        )
+        if result.head is not None:
+            report.tree_size = result.head.head.size
+            report.root = result.head.head.root
+            report.head_timestamp_ms = result.head.head.timestamp_ms
+        return report
 
 
 async def _write(call: Any, message: Any) -> None:

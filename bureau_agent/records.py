@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS keys (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS keys_by_record ON keys (dataset, record_id, key_type, key_value);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_events (
+    idx INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    expected TEXT NOT NULL
+);
 """
 
 
@@ -184,6 +189,20 @@ class RecordStore:
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (name, value),
         )
+
+    # -- own audit events ------------------------------------------------
+
+    def record_audit_event(self, index: int, kind: str, expected: str) -> None:
+        """Remember that the hub logged an event of ours at leaf `index`."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO audit_events (idx, kind, expected) VALUES (?, ?, ?)",
+            (index, kind, expected),
+        )
+
+    def audit_events(self) -> list[tuple[int, str, str]]:
+        """(leaf index, kind, expected fields as JSON) of every own event, in order."""
+        rows = self._db.execute("SELECT idx, kind, expected FROM audit_events ORDER BY idx")
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
