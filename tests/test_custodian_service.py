@@ -1,0 +1,245 @@
+"""Custodian servers and the threshold tagger over real gRPC with mutual TLS,
+in one event loop: argument checks, failover, and a dishonest custodian."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from blindmatch.v1 import custodian_pb2, custodian_pb2_grpc
+from bureau_agent import ceremony, pki
+from bureau_agent.custodian import CustodianService
+from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
+from psi import group, oprf, tags, threshold
+from psi.oprf import Mode
+
+CODES = ["FRA", "DEU", "BRA"]
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Path:
+    pki.init_federation(tmp_path, "test")
+    for code in [*CODES, "USA"]:
+        pki.issue_bureau(tmp_path, code)
+    ceremony.run_ceremony(tmp_path, epoch=1, threshold_t=2, custodians=CODES)
+    return tmp_path
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+class Federation:
+    """Three custodian servers on 127.0.0.1:0 and a USA tagger."""
+
+    def __init__(self, root: Path, executor: ThreadPoolExecutor) -> None:
+        self.root = root
+        self.executor = executor
+        self.servers: dict[str, grpc.aio.Server] = {}
+        self.cache = pki.DirectoryCache(root / "directory.json", root / "ca" / "ca.crt")
+
+    async def start(self, code: str, *, share: threshold.KeyShare | None = None) -> None:
+        loaded = ceremony.load_share(
+            ceremony.share_path(self.root, 1, code), self.cache.get(), code
+        )
+        if share is not None:  # a dishonest custodian answers with another key
+            loaded = ceremony.CustodianShare(code, loaded.epoch, share, loaded.commitments)
+        server = grpc.aio.server()
+        custodian_pb2_grpc.add_CustodianServicer_to_server(
+            CustodianService(loaded, self.cache.get, self.executor, max_batch=64), server
+        )
+        tls = pki.TlsFiles.in_folder(self.root / "bureaus" / code)
+        port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+        await server.start()
+        self.servers[code] = server
+        address = f"127.0.0.1:{port}"
+
+        def change(d: pki.Directory) -> pki.Directory:
+            e = d.bureau(code)
+            entry = pki.BureauEntry(code, address, e.signing_key, e.hpke_mlkem768, e.hpke_x25519)
+            return d.replace(bureaus={**d.bureaus, code: entry})
+
+        pki.update_directory(self.root, change)
+
+    async def stop(self, code: str) -> None:
+        await self.servers.pop(code).stop(None)
+
+    def tagger(self) -> ThresholdTagger:
+        tls = pki.TlsFiles.in_folder(self.root / "bureaus" / "USA")
+        return ThresholdTagger(self.cache, tls, self.executor, rpc_timeout=5.0)
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            await server.stop(None)
+
+
+def expected_tags(root: Path, inputs: list[bytes]) -> list[bytes]:
+    d = pki.load_directory(root / "directory.json", root / "ca" / "ca.crt")
+    shares = [ceremony.load_share(ceremony.share_path(root, 1, c), d, c).share for c in CODES[:2]]
+    key = threshold.recover_key(shares)
+    return [tags.tag_from_output(oprf.evaluate(key, x, Mode.VOPRF)) for x in inputs]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+INPUTS = [f"blindmatch/v1|passport|FRA|{i:09d}".encode() for i in range(10)]
+
+
+def test_any_two_custodians_give_the_single_key_tags(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    async def main() -> list[list[bytes]]:
+        fed = Federation(federation, executor)
+        results = []
+        try:
+            for code in CODES:
+                await fed.start(code)
+            tagger = fed.tagger()
+            results.append(await tagger.tag(INPUTS))
+            await fed.stop("FRA")  # DEU + BRA remain
+            results.append(await tagger.tag(INPUTS))
+            assert tagger.stats.custodian_errors.keys() == {"FRA"}
+            await tagger.close()
+        finally:
+            await fed.close()
+        return results
+
+    first, after_failover = run(main())
+    assert first == after_failover == expected_tags(federation, INPUTS)
+
+
+def test_dishonest_custodian_is_named_and_skipped(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    async def main() -> tuple[list[bytes], dict[str, str]]:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA", share=threshold.KeyShare(1, group.random_scalar()))
+            await fed.start("DEU")
+            await fed.start("BRA")
+            tagger = fed.tagger()
+            out = await tagger.tag(INPUTS)
+            await tagger.close()
+            return out, tagger.stats.custodian_errors
+        finally:
+            await fed.close()
+
+    out, errors = run(main())
+    assert out == expected_tags(federation, INPUTS)  # nothing wrong was produced
+    assert "FRA" in errors and "invalid answer" in errors["FRA"]
+
+
+def test_too_few_custodians_fails_naming_each(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    async def main() -> str:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA")
+            await fed.start("DEU", share=threshold.KeyShare(2, group.random_scalar()))
+            # BRA never starts: it has no address.
+            tagger = fed.tagger()
+            with pytest.raises(CustodiansUnavailable) as info:
+                await tagger.tag(INPUTS)
+            await tagger.close()
+            return str(info.value)
+        finally:
+            await fed.close()
+
+    message = run(main())
+    assert "only 1 of the 2 custodians" in message
+    assert "DEU: invalid answer" in message and "BRA" in message
+
+
+def test_custodian_refuses_bad_arguments(federation: Path, executor: ThreadPoolExecutor) -> None:
+    async def main() -> dict[str, tuple[grpc.StatusCode, str]]:
+        fed = Federation(federation, executor)
+        seen: dict[str, tuple[grpc.StatusCode, str]] = {}
+        try:
+            await fed.start("FRA")
+            address = fed.cache.get().bureau("FRA").address
+            creds = pki.TlsFiles.in_folder(federation / "bureaus" / "USA").channel_credentials()
+            _, element = oprf.blind(b"x", Mode.VOPRF)
+            cases = {
+                "epoch": custodian_pb2.EvaluateRequest(
+                    epoch=2, participants=[1, 2], blinded_elements=[element]
+                ),
+                "not_member": custodian_pb2.EvaluateRequest(
+                    epoch=1, participants=[2, 3], blinded_elements=[element]
+                ),
+                "below_t": custodian_pb2.EvaluateRequest(
+                    epoch=1, participants=[1], blinded_elements=[element]
+                ),
+                "oversized": custodian_pb2.EvaluateRequest(
+                    epoch=1, participants=[1, 2], blinded_elements=[element] * 65
+                ),
+                "identity": custodian_pb2.EvaluateRequest(
+                    epoch=1, participants=[1, 2], blinded_elements=[element, bytes(32)]
+                ),
+            }
+            async with grpc.aio.secure_channel(address, creds) as channel:
+                stub = custodian_pb2_grpc.CustodianStub(channel)
+                for name, request in cases.items():
+                    try:
+                        await stub.Evaluate(request, timeout=5)
+                    except grpc.aio.AioRpcError as exc:
+                        seen[name] = (exc.code(), exc.details() or "")
+                info = await stub.GetKeyInfo(custodian_pb2.GetKeyInfoRequest(), timeout=5)
+                assert info.share_index == 1 and info.threshold == 2 and info.custodian == "FRA"
+        finally:
+            await fed.close()
+        return seen
+
+    seen = run(main())
+    assert seen["epoch"][0] is grpc.StatusCode.FAILED_PRECONDITION
+    assert "epoch 1, not of epoch 2" in seen["epoch"][1]
+    assert seen["not_member"][0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "index 1" in seen["not_member"][1]
+    assert seen["below_t"][0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert seen["oversized"] == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "blinded_elements has 65 elements; send between 1 and 64",
+    )
+    assert seen["identity"][0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "blinded_element[1] is the identity" in seen["identity"][1]
+
+
+def test_caller_outside_the_directory_is_refused(
+    federation: Path, executor: ThreadPoolExecutor, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async def main() -> grpc.StatusCode:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA")
+            # Revoke USA's certificate in the directory.
+            serial = pki.certificate_serial(
+                (federation / "bureaus" / "USA" / "tls.crt").read_bytes()
+            )
+            pki.update_directory(
+                federation, lambda d: d.replace(revoked_serials=frozenset({serial}))
+            )
+            address = fed.cache.get().bureau("FRA").address
+            creds = pki.TlsFiles.in_folder(federation / "bureaus" / "USA").channel_credentials()
+            async with grpc.aio.secure_channel(address, creds) as channel:
+                try:
+                    await custodian_pb2_grpc.CustodianStub(channel).GetKeyInfo(
+                        custodian_pb2.GetKeyInfoRequest(), timeout=5
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    assert "revoked" in (exc.details() or "")
+                    return exc.code()
+            return grpc.StatusCode.OK
+        finally:
+            await fed.close()
+
+    assert run(main()) is grpc.StatusCode.PERMISSION_DENIED
