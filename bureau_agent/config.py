@@ -39,6 +39,8 @@ class CustodianConfig:
 
     share: Path
     max_batch: int = 4096
+    quota_elements_per_second: float = 50_000.0
+    quota_burst: float = 500_000.0
 
 
 @dataclass(frozen=True)
@@ -143,9 +145,16 @@ class AgentConfig:
             if not isinstance(section, dict) or "share" not in section:
                 raise ConfigError(f"{where}: [custodian] needs share = <path to the share file>")
             share = Path(str(section["share"]))
+            unknown_keys = sorted(
+                set(section) - {"share", "max_batch", "quota_elements_per_second", "quota_burst"}
+            )
+            if unknown_keys:
+                raise ConfigError(f"{where}: unknown key(s) {unknown_keys} in [custodian]")
             custodian = CustodianConfig(
                 share=share if share.is_absolute() else base / share,
                 max_batch=int(section.get("max_batch", 4096)),
+                quota_elements_per_second=float(section.get("quota_elements_per_second", 50_000)),
+                quota_burst=float(section.get("quota_burst", 500_000)),
             )
         batch_size = number("batch_size", 1000, int)
         if not 1 <= batch_size <= 65535:

@@ -7,7 +7,9 @@ Rules it enforces before any scalar multiplication:
 * the participant set contains this custodian, only indices of the epoch, no
   repeats, and at least t of them (INVALID_ARGUMENT);
 * 1 to `max_batch` blinded elements, each a canonical non-identity encoding
-  (INVALID_ARGUMENT naming the index).
+  (INVALID_ARGUMENT naming the index);
+* the caller's quota of elements (a token bucket per bureau): excess gets
+  RESOURCE_EXHAUSTED with a `retry-after-ms` trailer, and is logged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from blindmatch.v1 import audit_pb2, custodian_pb2, custodian_pb2_grpc
 from bureau_agent import pki, rpc, work
 from bureau_agent.audit_check import AuditChecker, head_from_proto, head_to_proto
 from bureau_agent.ceremony import CustodianShare
+from bureau_agent.quota import TokenBuckets
 
 __all__ = ["CustodianService"]
 
@@ -41,7 +44,9 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
         *,
         max_batch: int = 4096,
         witness: AuditChecker | None = None,
+        quota: TokenBuckets | None = None,
     ) -> None:
+        self._quota = quota
         self._witness = witness
         self._share = share
         self._directory = directory
@@ -78,6 +83,23 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
             blinded = self._check_blinded(list(request.blinded_elements))
         except Exception as exc:
             await rpc.abort_for(context, exc)
+        if self._quota is not None:
+            refused = self._quota.take(caller.code, len(blinded))
+            if refused is not None:
+                log.warning(
+                    "quota refusal",
+                    extra={
+                        "caller": caller.code,
+                        "elements": len(blinded),
+                        "operation": "evaluate",
+                    },
+                )
+                context.set_trailing_metadata(
+                    (("retry-after-ms", str(int(min(refused.retry_after, 86400) * 1000))),)
+                )
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, refused.message("blinded elements")
+                )
         loop = asyncio.get_running_loop()
         share = self._share.share
         try:

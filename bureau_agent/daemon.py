@@ -21,6 +21,7 @@ from bureau_agent.custodian import CustodianService
 from bureau_agent.disclosure_desk import DisclosureDesk
 from bureau_agent.local_api import AgentService
 from bureau_agent.logs import setup_logging
+from bureau_agent.quota import TokenBuckets
 from bureau_agent.records import RecordStore
 from bureau_agent.tagging import ThresholdTagger
 from psi import disclosure
@@ -54,7 +55,13 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         share = ceremony.load_share(config.custodian.share, directory.get(), config.bureau)
         custodian_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
         custodian_service = CustodianService(
-            share, directory.get, executor, max_batch=config.custodian.max_batch
+            share,
+            directory.get,
+            executor,
+            max_batch=config.custodian.max_batch,
+            quota=TokenBuckets(
+                config.custodian.quota_elements_per_second, config.custodian.quota_burst
+            ),
         )
         custodian_pb2_grpc.add_CustodianServicer_to_server(custodian_service, custodian_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, custodian_server)

@@ -15,6 +15,7 @@ import pytest
 from blindmatch.v1 import custodian_pb2, custodian_pb2_grpc
 from bureau_agent import ceremony, pki
 from bureau_agent.custodian import CustodianService
+from bureau_agent.quota import TokenBuckets
 from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
 from psi import group, oprf, tags, threshold
 from psi.oprf import Mode
@@ -46,7 +47,13 @@ class Federation:
         self.servers: dict[str, grpc.aio.Server] = {}
         self.cache = pki.DirectoryCache(root / "directory.json", root / "ca" / "ca.crt")
 
-    async def start(self, code: str, *, share: threshold.KeyShare | None = None) -> None:
+    async def start(
+        self,
+        code: str,
+        *,
+        share: threshold.KeyShare | None = None,
+        quota: TokenBuckets | None = None,
+    ) -> None:
         loaded = ceremony.load_share(
             ceremony.share_path(self.root, 1, code), self.cache.get(), code
         )
@@ -54,7 +61,8 @@ class Federation:
             loaded = ceremony.CustodianShare(code, loaded.epoch, share, loaded.commitments)
         server = grpc.aio.server()
         custodian_pb2_grpc.add_CustodianServicer_to_server(
-            CustodianService(loaded, self.cache.get, self.executor, max_batch=64), server
+            CustodianService(loaded, self.cache.get, self.executor, max_batch=64, quota=quota),
+            server,
         )
         tls = pki.TlsFiles.in_folder(self.root / "bureaus" / code)
         port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
@@ -243,3 +251,35 @@ def test_caller_outside_the_directory_is_refused(
             await fed.close()
 
     assert run(main()) is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_quota_refuses_a_fishing_bureau_with_a_retry_hint(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    async def main() -> tuple[grpc.StatusCode, str, dict[str, str]]:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA", quota=TokenBuckets(rate=1, burst=15))
+            address = fed.cache.get().bureau("FRA").address
+            creds = pki.TlsFiles.in_folder(federation / "bureaus" / "USA").channel_credentials()
+            _, blinded = oprf.blind_batch(INPUTS, Mode.VOPRF)
+            request = custodian_pb2.EvaluateRequest(
+                epoch=1, participants=[1, 2], blinded_elements=blinded
+            )
+            async with grpc.aio.secure_channel(address, creds) as channel:
+                stub = custodian_pb2_grpc.CustodianStub(channel)
+                await stub.Evaluate(request, timeout=5)  # 10 of 15 tokens
+                call = stub.Evaluate(request, timeout=5)
+                try:
+                    await call
+                except grpc.aio.AioRpcError as exc:
+                    trailers = {k: str(v) for k, v in (exc.trailing_metadata() or ())}
+                    return exc.code(), exc.details() or "", trailers
+            raise AssertionError("the second batch was served")
+        finally:
+            await fed.close()
+
+    code, details, trailers = run(main())
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "quota exceeded for USA: 10 blinded elements" in details
+    assert 4000 <= int(trailers["retry-after-ms"]) <= 5100
