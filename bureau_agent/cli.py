@@ -952,6 +952,25 @@ def audit_verify(config_path: Path, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
+@main.command()
+@config_option
+@json_option
+def doctor(config_path: Path, as_json: bool) -> None:
+    """Check certificates, directory, keys, share, agent, hub and custodians."""
+    from bureau_agent.doctor import run_doctor
+
+    checks = list(run_doctor(config_path))
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(c) for c in checks]))
+    else:
+        marks = {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]", "failed": "[red]FAILED[/]"}
+        console = Console(soft_wrap=True)
+        for c in checks:
+            console.print(f"{marks[c.status]:<20} {escape(c.name)}: {escape(c.detail)}")
+    if any(c.status == "failed" for c in checks):
+        sys.exit(EXIT_FAILED)
+
+
 # --------------------------------------------------------------------------
 # blindmatch demo
 # --------------------------------------------------------------------------
