@@ -74,7 +74,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self._store = store
         self._store_lock = asyncio.Lock()
         self._hub_channel: grpc.aio.Channel | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._hub_address = ""
+        self._background: set[asyncio.Future[Any]] = set()
         self.audit = AuditChecker(
             config.bureau,
             store,
@@ -114,16 +115,22 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         task.add_done_callback(self._background.discard)
 
     def _hub(self) -> hub_pb2_grpc.HubAsyncStub:
-        if self._hub_channel is None:
-            address = self._config.hub or self._directory.get().hub_address
-            if not address:
-                raise rpc.RpcAbort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "no hub address: set `hub` in the agent configuration or in the directory",
-                )
+        address = self._config.hub or self._directory.get().hub_address
+        if not address:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no hub address: set `hub` in the agent configuration or in the directory",
+            )
+        if self._hub_channel is None or address != self._hub_address:
+            # A new address in the directory (the hub moved or restarted elsewhere).
+            if self._hub_channel is not None:
+                task = asyncio.ensure_future(self._hub_channel.close())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             self._hub_channel = grpc.aio.secure_channel(
                 address, self._config.tls.channel_credentials(), options=rpc.CHANNEL_OPTIONS
             )
+            self._hub_address = address
         return hub_pb2_grpc.HubStub(self._hub_channel)
 
     async def close(self) -> None:
