@@ -6,8 +6,14 @@
     database = "/var/lib/blindmatch/hub.sqlite"
     federation = "/etc/blindmatch/federation"  # optional: directory.json + ca/ca.crt;
                                              # when set, only bureaus it lists (and whose
-                                             # certificates it does not revoke) are served
+                                             # certificates it does not revoke) are served,
+                                             # and disclosure requests and decisions must
+                                             # carry signatures by the keys it lists
     address_file = "/run/blindmatch/hub.address"  # optional: the bound host:port is written here
+    audit_key = "/etc/blindmatch/hub/audit-signing.key"  # Ed25519 (PEM PKCS8) that signs
+                                             # audit tree heads; default: audit-signing.key
+                                             # beside tls.crt, when that file exists
+    max_disclosure_days = 90                 # the longest a disclosure request stays open
     max_tags_per_request = 10000             # tags (or keys) per request, batch or update
     grace_period = 10.0                      # seconds in-flight RPCs get on SIGTERM/SIGINT
     reader_threads = 4                       # SQLite reader connections
@@ -29,6 +35,7 @@ from hub.errors import ConfigError
 __all__ = ["HubConfig"]
 
 _TLS_FILES = ("tls_cert", "tls_key", "ca_cert")
+_DEFAULT_AUDIT_KEY = "audit-signing.key"
 _KNOWN = frozenset(
     {
         "listen",
@@ -40,6 +47,8 @@ _KNOWN = frozenset(
         "max_tags_per_request",
         "grace_period",
         "reader_threads",
+        "audit_key",
+        "max_disclosure_days",
     }
 )
 
@@ -56,6 +65,17 @@ class HubConfig:
     max_tags_per_request: int = 10_000
     grace_period: float = 10.0
     reader_threads: int = 4
+    audit_key: Path | None = None
+    max_disclosure_days: int = 90
+
+    @property
+    def audit_key_path(self) -> Path | None:
+        """The audit signing key: `audit_key`, else audit-signing.key beside
+        the TLS certificate when it exists, else None (heads go unsigned)."""
+        if self.audit_key is not None:
+            return self.audit_key
+        default = self.tls.cert.parent / _DEFAULT_AUDIT_KEY
+        return default if default.exists() else None
 
     @property
     def directory_path(self) -> Path | None:
@@ -148,4 +168,6 @@ class HubConfig:
             max_tags_per_request=integer("max_tags_per_request", 10_000, 1, 1_000_000),
             grace_period=seconds("grace_period", 10.0),
             reader_threads=integer("reader_threads", 4, 1, 64),
+            audit_key=optional_path("audit_key"),
+            max_disclosure_days=integer("max_disclosure_days", 90, 1, 3650),
         )

@@ -311,10 +311,12 @@ def answer(hit: Hit) -> MatchAnswer:
 
 @dataclass(frozen=True)
 class QueryResult:
-    """Hits of one lookup and how many datasets were searched."""
+    """Hits of one lookup, how many datasets were searched, and the audit
+    leaf that recorded the lookup."""
 
     hits: tuple[Hit, ...]
     datasets_searched: int
+    audit_index: int
 
 
 @dataclass(frozen=True)
@@ -353,17 +355,19 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class EnrollResult:
-    """The outcome of a committed enrollment."""
+    """The outcome of a committed enrollment; `audit_index` is its audit leaf."""
 
     dataset: str
     version: int
     tag_count: int
     new_notices: int
+    audit_index: int
 
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """The outcome of a committed update."""
+    """The outcome of a committed update; `audit_index` is its removal leaf
+    (followed, when the update added keys, by an enrollment leaf for them)."""
 
     dataset: str
     version: int
@@ -371,6 +375,7 @@ class UpdateResult:
     removed: int
     tag_count: int
     new_notices: int
+    audit_index: int
 
 
 @dataclass(frozen=True)

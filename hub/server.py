@@ -1,5 +1,5 @@
-"""The hub daemon: a mutual-TLS grpc.aio server with the Hub and the standard
-health-checking services, over a `SqliteTagStore`.
+"""The hub daemon: a mutual-TLS grpc.aio server with the Hub, AuditLog,
+Disclosure and standard health-checking services, over a `SqliteTagStore`.
 
 `serve` runs until SIGTERM/SIGINT (or `stop` is set, or it is cancelled),
 then stops accepting calls, ends follow-mode notice streams, gives in-flight
@@ -17,20 +17,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from blindmatch.v1 import hub_pb2, hub_pb2_grpc
+from blindmatch.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    disclosure_pb2,
+    disclosure_pb2_grpc,
+    hub_pb2,
+    hub_pb2_grpc,
+)
 from bureau_agent import pki
+from hub.audit import TreeHeadSigner
 from hub.config import HubConfig
 from hub.errors import ConfigError
-from hub.service import HubService
+from hub.service import AuditLogService, DisclosureService, HubService
 from hub.store import SqliteTagStore
 
 __all__ = ["run", "serve"]
 
 log = logging.getLogger("blindmatch.hub")
 
-_HUB_SERVICE = hub_pb2.DESCRIPTOR.services_by_name["Hub"].full_name
+_SERVICES = (
+    hub_pb2.DESCRIPTOR.services_by_name["Hub"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditLog"].full_name,
+    disclosure_pb2.DESCRIPTOR.services_by_name["Disclosure"].full_name,
+)
 # A tagged key is about 40 bytes on the wire; leave room for the largest request.
 _BYTES_PER_KEY = 64
 _MIN_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -46,6 +59,30 @@ def _write_address(path: Path, address: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(address + "\n", encoding="utf-8")
     os.replace(tmp, path)  # a reader never sees a half-written address
+
+
+def _audit_key(config: HubConfig, directory: pki.DirectoryCache | None) -> Ed25519PrivateKey | None:
+    """The audit signing key, checked against the directory's hub audit key."""
+    path = config.audit_key_path
+    if path is None:
+        log.warning(
+            "no audit signing key (audit_key, or audit-signing.key beside %s): the audit "
+            "log is kept but its tree heads cannot be signed",
+            config.tls.cert,
+        )
+        return None
+    try:
+        key = pki.load_ed25519_key(path)
+    except (pki.PkiError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot load the audit signing key {path}: {exc}") from None
+    listed = directory.get().hub_audit_key if directory is not None else b""
+    if listed and key.public_key().public_bytes_raw() != listed:
+        raise ConfigError(
+            f"the audit signing key {path} is not the hub audit key the federation directory "
+            "lists; bureaus would refuse every tree head (re-run `blindmatch pki issue --hub`, "
+            "or point audit_key at the right key)"
+        )
+    return key
 
 
 @contextlib.contextmanager
@@ -79,6 +116,7 @@ async def serve(
         directory = pki.DirectoryCache(config.directory_path, config.directory_ca)
     credentials = config.tls.server_credentials()
     message_bytes = max(_MIN_MESSAGE_BYTES, config.max_tags_per_request * _BYTES_PER_KEY)
+    signer = TreeHeadSigner(_audit_key(config, directory))
     store = await SqliteTagStore.open(config.database, readers=config.reader_threads)
     try:
         server = grpc.aio.server(
@@ -88,11 +126,23 @@ async def serve(
                 ("grpc.so_reuseport", 0),
             ]
         )
+        directory_source = directory.get if directory is not None else None
         hub_pb2_grpc.add_HubServicer_to_server(
             HubService(
                 store,
                 max_tags_per_request=config.max_tags_per_request,
-                directory=directory.get if directory is not None else None,
+                directory=directory_source,
+            ),
+            server,
+        )
+        audit_pb2_grpc.add_AuditLogServicer_to_server(
+            AuditLogService(store, signer, directory=directory_source), server
+        )
+        disclosure_pb2_grpc.add_DisclosureServicer_to_server(
+            DisclosureService(
+                store,
+                directory=directory_source,
+                max_lifetime_days=config.max_disclosure_days,
             ),
             server,
         )
@@ -106,7 +156,7 @@ async def serve(
             raise ConfigError(f"cannot listen on {config.listen}")
         await server.start()
         try:
-            for service in ("", _HUB_SERVICE):
+            for service in ("", *_SERVICES):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
             address = _bound_address(config.listen, port)
             if config.address_file is not None:

@@ -1,13 +1,18 @@
-"""The Hub gRPC servicer: a thin shell.
+"""The hub's gRPC servicers (Hub, AuditLog, Disclosure): thin shells.
 
 Each handler reads the caller's bureau code from its verified TLS
-certificate (never from a message field), turns protobuf into `hub.policy`
-types, calls the `TagStore`, masks answers by policy and turns the result
-back into protobuf.  Domain errors become status codes in one table,
-`_STATUS`; anything else is INTERNAL with a reference to the server log.
+certificate (never from a message field), turns protobuf into domain types
+(`hub.policy`, `hub.disclosure`, `psi.disclosure`), calls the store, masks
+answers by policy and turns the result back into protobuf.  Domain errors
+become status codes in one table, `_STATUS`; anything else is INTERNAL with
+a reference to the server log.
 
-Notices are kept after they are read: an agent resumes after the last
-sequence it stored, and may read them all again from 0.
+Notices and disclosure cases are kept after they are read: an agent resumes
+after the last sequence it stored, and may read them all again from 0.
+
+Disclosure signatures are checked against the federation directory's keys
+when the hub has one (`federation` in its configuration); without it they
+are stored unchecked, for the other party's agent to verify.
 """
 
 from __future__ import annotations
@@ -16,14 +21,24 @@ import asyncio
 import importlib.metadata
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
-from blindmatch.v1 import common_pb2, hub_pb2, hub_pb2_grpc
+from blindmatch.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    common_pb2,
+    disclosure_pb2,
+    disclosure_pb2_grpc,
+    hub_pb2,
+    hub_pb2_grpc,
+)
 from bureau_agent import pki
-from hub import policy
+from hub import disclosure, policy
+from hub.audit import TreeHeadSigner
 from hub.errors import (
     AlreadyExistsError,
     ConcurrentEnrollmentError,
@@ -33,11 +48,18 @@ from hub.errors import (
     StorageError,
 )
 from hub.policy import HANDLE_LENGTH, KEY_TYPE_CODES
-from hub.store import Enrollment, TagStore
+from hub.store import AuditStore, DisclosureStore, Enrollment, TagStore
+from psi.disclosure import (
+    ID_LENGTH,
+    DisclosureDecision,
+    DisclosureRequest,
+    verify_decision,
+    verify_request,
+)
 from psi.errors import InvalidInputError, PeerError
 from psi.identifiers import Strength
 
-__all__ = ["HubService", "status_for"]
+__all__ = ["AuditLogService", "DisclosureService", "HubService", "authenticate", "status_for"]
 
 log = logging.getLogger("blindmatch.hub")
 
@@ -61,6 +83,7 @@ _STRENGTHS = {
     Strength.CANDIDATE: common_pb2.STRENGTH_CANDIDATE,
 }
 _NOTICE_PAGE = 500
+_CASE_PAGE = 200
 
 try:
     _VERSION = importlib.metadata.version("blindmatch")
@@ -88,6 +111,34 @@ async def _abort(context: Context, exc: BaseException, where: str = "") -> NoRet
     raise AssertionError("unreachable")  # context.abort always raises
 
 
+DirectorySource = Callable[[], pki.Directory]
+
+
+def authenticate(context: Context, directory: DirectorySource | None) -> str:
+    """The caller's bureau code, from its verified TLS certificate; with a
+    directory, only bureaus it lists and whose certificates it does not revoke."""
+    auth = context.auth_context()
+    identity = pki.identity_from_auth_context(auth)
+    if identity.role != "bureau":
+        raise PermissionDeniedError(f"{identity} is not a bureau; only bureaus call the hub")
+    if directory is not None:
+        current = directory()
+        if identity.code not in current.bureaus:
+            raise PermissionDeniedError(
+                f"bureau {identity.code} is not in the federation directory"
+            )
+        serial = pki.certificate_serial(next(iter(auth["x509_pem_cert"])))
+        if serial in current.revoked_serials:
+            raise PermissionDeniedError(
+                f"the certificate of {identity.code} (serial {serial:x}) is revoked"
+            )
+    return identity.code
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class HubService(hub_pb2_grpc.HubServicer):
     """Serves one `TagStore` to the federation's bureaus."""
 
@@ -96,7 +147,7 @@ class HubService(hub_pb2_grpc.HubServicer):
         store: TagStore,
         *,
         max_tags_per_request: int = 10_000,
-        directory: Callable[[], pki.Directory] | None = None,
+        directory: DirectorySource | None = None,
     ) -> None:
         self._store = store
         self._max_tags = max_tags_per_request
@@ -105,22 +156,7 @@ class HubService(hub_pb2_grpc.HubServicer):
     # -- who is calling ---------------------------------------------------------
 
     def _caller(self, context: Context) -> str:
-        auth = context.auth_context()
-        identity = pki.identity_from_auth_context(auth)
-        if identity.role != "bureau":
-            raise PermissionDeniedError(f"{identity} is not a bureau; only bureaus call the hub")
-        if self._directory is not None:
-            directory = self._directory()
-            if identity.code not in directory.bureaus:
-                raise PermissionDeniedError(
-                    f"bureau {identity.code} is not in the federation directory"
-                )
-            serial = pki.certificate_serial(next(iter(auth["x509_pem_cert"])))
-            if serial in directory.revoked_serials:
-                raise PermissionDeniedError(
-                    f"the certificate of {identity.code} (serial {serial:x}) is revoked"
-                )
-        return identity.code
+        return authenticate(context, self._directory)
 
     # -- conversions --------------------------------------------------------------
 
@@ -215,6 +251,7 @@ class HubService(hub_pb2_grpc.HubServicer):
                         version=result.version,
                         tag_count=result.tag_count,
                         new_notices=result.new_notices,
+                        audit_index=result.audit_index,
                     )
                 else:
                     raise InvalidInputError(
@@ -263,29 +300,34 @@ class HubService(hub_pb2_grpc.HubServicer):
             removed=result.removed,
             tag_count=result.tag_count,
             new_notices=result.new_notices,
+            audit_index=result.audit_index,
         )
 
     async def _lookup(
         self, requester: str, epoch: int, tags: Sequence[common_pb2.QueryTag], include_own: bool
-    ) -> tuple[list[common_pb2.Match], int]:
+    ) -> tuple[list[common_pb2.Match], policy.QueryResult]:
         result = await self._store.query(
             requester,
             policy.check_epoch(epoch),
             self._query_tags(tags),
             include_own=include_own,
         )
-        return [self._match(hit) for hit in result.hits], result.datasets_searched
+        return [self._match(hit) for hit in result.hits], result
 
     async def Query(self, request: hub_pb2.QueryRequest, context: Context) -> hub_pb2.QueryResponse:
         """Look up one batch of tags."""
         try:
             requester = self._caller(context)
-            matches, searched = await self._lookup(
+            matches, result = await self._lookup(
                 requester, request.epoch, request.tags, request.include_own
             )
         except Exception as exc:
             await _abort(context, exc)
-        return hub_pb2.QueryResponse(matches=matches, datasets_searched=searched)
+        return hub_pb2.QueryResponse(
+            matches=matches,
+            datasets_searched=result.datasets_searched,
+            audit_index=result.audit_index,
+        )
 
     async def BulkMatch(
         self, request_iterator: AsyncIterator[hub_pb2.BulkMatchRequest], context: Context
@@ -297,12 +339,14 @@ class HubService(hub_pb2_grpc.HubServicer):
             await _abort(context, exc)
         async for request in request_iterator:
             try:
-                matches, _ = await self._lookup(
+                matches, result = await self._lookup(
                     requester, request.epoch, request.tags, request.include_own
                 )
             except Exception as exc:
                 await _abort(context, exc, where=f"batch_id {request.batch_id}: ")
-            yield hub_pb2.BulkMatchResponse(batch_id=request.batch_id, matches=matches)
+            yield hub_pb2.BulkMatchResponse(
+                batch_id=request.batch_id, matches=matches, audit_index=result.audit_index
+            )
 
     async def WatchNotices(
         self, request: hub_pb2.WatchNoticesRequest, context: Context
@@ -370,4 +414,228 @@ class HubService(hub_pb2_grpc.HubServicer):
             tags=stats.tags,
             epochs=list(stats.epochs),
             caller=caller,
+        )
+
+
+class AuditLogService(audit_pb2_grpc.AuditLogServicer):
+    """Serves the audit log to any authenticated bureau (entries name no
+    identifier, tag or handle)."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: TreeHeadSigner,
+        *,
+        directory: DirectorySource | None = None,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._directory = directory
+
+    async def GetTreeHead(
+        self, request: audit_pb2.GetTreeHeadRequest, context: Context
+    ) -> audit_pb2.SignedTreeHead:
+        """The latest tree head, signed with the hub's audit key."""
+        try:
+            authenticate(context, self._directory)
+            size, root = await self._store.audit_head()
+            signed = self._signer.sign(size, root)
+        except Exception as exc:
+            await _abort(context, exc)
+        return audit_pb2.SignedTreeHead(
+            size=signed.head.size,
+            root=signed.head.root,
+            timestamp_ms=signed.head.timestamp_ms,
+            signature=signed.signature,
+        )
+
+    async def GetEntries(
+        self, request: audit_pb2.GetEntriesRequest, context: Context
+    ) -> audit_pb2.GetEntriesResponse:
+        """Entries [start, end), at most 1,000."""
+        try:
+            authenticate(context, self._directory)
+            entries = await self._store.audit_entries(request.start, request.end)
+        except Exception as exc:
+            await _abort(context, exc)
+        return audit_pb2.GetEntriesResponse(entries=entries)
+
+    async def GetInclusionProof(
+        self, request: audit_pb2.GetInclusionProofRequest, context: Context
+    ) -> audit_pb2.AuditProof:
+        """RFC 9162 §2.1.3 inclusion proof."""
+        try:
+            authenticate(context, self._directory)
+            hashes = await self._store.audit_inclusion_proof(request.leaf_index, request.tree_size)
+        except Exception as exc:
+            await _abort(context, exc)
+        return audit_pb2.AuditProof(hashes=hashes)
+
+    async def GetConsistencyProof(
+        self, request: audit_pb2.GetConsistencyProofRequest, context: Context
+    ) -> audit_pb2.AuditProof:
+        """RFC 9162 §2.1.4 consistency proof."""
+        try:
+            authenticate(context, self._directory)
+            hashes = await self._store.audit_consistency_proof(request.old_size, request.new_size)
+        except Exception as exc:
+            await _abort(context, exc)
+        return audit_pb2.AuditProof(hashes=hashes)
+
+
+_CASE_STATUS: dict[disclosure.Status, disclosure_pb2.DisclosureStatus.ValueType] = {
+    disclosure.Status.PENDING: disclosure_pb2.DISCLOSURE_STATUS_PENDING,
+    disclosure.Status.APPROVED: disclosure_pb2.DISCLOSURE_STATUS_APPROVED,
+    disclosure.Status.DENIED: disclosure_pb2.DISCLOSURE_STATUS_DENIED,
+    disclosure.Status.EXPIRED: disclosure_pb2.DISCLOSURE_STATUS_EXPIRED,
+}
+
+
+def _request_id(value: bytes) -> bytes:
+    if len(value) != ID_LENGTH:
+        raise InvalidInputError(
+            f"must be exactly {ID_LENGTH} bytes, got {len(value)}", field="request_id"
+        )
+    return bytes(value)
+
+
+class DisclosureService(disclosure_pb2_grpc.DisclosureServicer):
+    """Routes disclosure requests and decisions (`hub.disclosure`)."""
+
+    def __init__(
+        self,
+        store: DisclosureStore,
+        *,
+        directory: DirectorySource | None = None,
+        max_lifetime_days: int = 90,
+    ) -> None:
+        self._store = store
+        self._directory = directory
+        self._max_lifetime_ms = max_lifetime_days * disclosure.DAY_MS
+
+    def _signing_key(self, code: str) -> bytes | None:
+        """`code`'s Ed25519 key from the directory; None without a directory."""
+        if self._directory is None:
+            return None
+        return self._directory().bureau(code).signing_key
+
+    @staticmethod
+    def _case(shown: disclosure.CaseView) -> disclosure_pb2.DisclosureCase:
+        message = disclosure_pb2.DisclosureCase(
+            sequence=shown.sequence,
+            request_id=shown.request_id,
+            request=shown.request,
+            request_signature=shown.request_signature,
+            requester=shown.requester,
+            dataset=shown.dataset,
+            handle=shown.handle,
+            status=_CASE_STATUS[shown.status],
+            record_removed=shown.record_removed,
+            decision=shown.decision,
+            decision_signature=shown.decision_signature,
+            sealed=shown.sealed,
+            denial_reason=shown.denial_reason,
+            created_unix_ms=shown.created_ms,
+            expires_unix_ms=shown.expires_ms,
+            audit_index=shown.audit_index,
+        )
+        if shown.owner is not None:  # proto3 optional: unset means "not revealed"
+            message.owner = shown.owner
+        if shown.key_type is not None:
+            message.key_type = KEY_TYPE_CODES[shown.key_type]  # type: ignore[assignment]
+        return message
+
+    async def Request(
+        self, request: disclosure_pb2.SignedDisclosureRequest, context: Context
+    ) -> disclosure_pb2.DisclosureTicket:
+        """Check, store and route a signed request to the match's owner."""
+        try:
+            requester = authenticate(context, self._directory)
+            decoded = DisclosureRequest.decode(request.request)
+            disclosure.check_request(
+                decoded, requester, now_ms=_now_ms(), max_lifetime_ms=self._max_lifetime_ms
+            )
+            key = self._signing_key(requester)
+            if key is not None:
+                verify_request(key, decoded, request.signature)
+            ticket = await self._store.request_disclosure(
+                requester, decoded, bytes(request.signature)
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        return disclosure_pb2.DisclosureTicket(
+            request_id=ticket.request_id,
+            expires_unix_ms=ticket.expires_ms,
+            audit_index=ticket.audit_index,
+            record_removed=ticket.record_removed,
+        )
+
+    async def List(
+        self, request: disclosure_pb2.ListDisclosuresRequest, context: Context
+    ) -> AsyncIterator[disclosure_pb2.DisclosureCase]:
+        """Cases that changed after `after_sequence`; with `follow`, changes as they commit."""
+        try:
+            caller = authenticate(context, self._directory)
+            try:
+                direction = disclosure.Direction(request.direction)
+            except ValueError:
+                raise InvalidInputError(
+                    f"{request.direction} is not a direction (0 both, 1 incoming, 2 outgoing)",
+                    field="direction",
+                ) from None
+            after = request.after_sequence
+        except Exception as exc:
+            await _abort(context, exc)
+        while True:
+            try:
+                page = await self._store.list_disclosures(caller, direction, after, _CASE_PAGE)
+            except Exception as exc:
+                await _abort(context, exc)
+            for case in page.cases:
+                yield self._case(disclosure.view(case, caller))
+            after = page.resume_after
+            if len(page.cases) == _CASE_PAGE:
+                continue
+            if not request.follow or not await self._store.wait_for_disclosures(caller, after):
+                return
+
+    async def Get(
+        self, request: disclosure_pb2.GetDisclosureRequest, context: Context
+    ) -> disclosure_pb2.DisclosureCase:
+        """One case, as the caller may see it."""
+        try:
+            caller = authenticate(context, self._directory)
+            case = await self._store.disclosure_case(caller, _request_id(request.request_id))
+        except Exception as exc:
+            await _abort(context, exc)
+        return self._case(disclosure.view(case, caller))
+
+    async def Decide(
+        self, request: disclosure_pb2.SignedDecision, context: Context
+    ) -> disclosure_pb2.DecisionReceipt:
+        """Check and store the owner's signed decision (and sealed record)."""
+        try:
+            owner = authenticate(context, self._directory)
+            decision = DisclosureDecision.decode(request.decision)
+            sealed = bytes(request.sealed)
+            case = await self._store.disclosure_case(owner, decision.request_id)
+            disclosure.check_decision(case, owner, decision, sealed)
+            key = self._signing_key(owner)
+            if key is not None:
+                verify_decision(
+                    key,
+                    decision,
+                    request.signature,
+                    request=DisclosureRequest.decode(case.request),
+                    sealed=sealed or None,
+                )
+            receipt = await self._store.decide_disclosure(
+                owner, decision, bytes(request.signature), sealed
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        return disclosure_pb2.DecisionReceipt(
+            request_id=receipt.request_id,
+            status=_CASE_STATUS[receipt.status],
+            audit_index=receipt.audit_index,
         )

@@ -47,6 +47,22 @@ goes live its candidates are settled: those whose other side is live too
 become a match and two notices, unless that pair of (dataset, handle) sides
 was notified before; those whose other side still stages wait for that
 side's commit.
+
+Audit log (see `hub.audit`): each transaction that changes what the hub
+attests appends its `psi.audit` entries to `audit_leaves` itself (so a leaf
+commits with its change or not at all), in this order: an enrollment's
+leaf, then one per standing match its commit creates; an update's removal
+leaf (always, even of 0 handles), then an enrollment leaf for the keys it
+adds (count and SHA-256 as sent; only when it adds), then its standing
+matches; one query leaf per lookup; one leaf per disclosure request and per
+decision.  Right after COMMIT the writer thread appends the same entries to
+the in-memory `AuditTree`, which startup rebuilds from `audit_leaves`.
+
+Disclosure cases (the state machine is `hub.disclosure`'s) live in
+`disclosures`; a case's change and its audit leaf share a transaction.  A
+task marks pending cases EXPIRED when the hub's clock reaches their
+expiry; reads and decisions check first, so they never see a case that
+should have expired as pending.
 """
 
 from __future__ import annotations
@@ -55,22 +71,38 @@ import asyncio
 import contextlib
 import enum
 import functools
+import hashlib
 import logging
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from hub.audit import AuditTree, check_entries_range
+from hub.disclosure import (
+    Case,
+    Direction,
+    DisclosurePage,
+    Event,
+    Receipt,
+    Status,
+    Ticket,
+    check_decision,
+    denied_for,
+    next_status,
+    role_of,
+)
 from hub.errors import (
     AlreadyExistsError,
     ConcurrentEnrollmentError,
     FailedPreconditionError,
     NotFoundError,
+    PermissionDeniedError,
     StorageError,
 )
 from hub.policy import (
@@ -87,11 +119,15 @@ from hub.policy import (
     QueryTag,
     TaggedKey,
     UpdateResult,
+    digest_of,
     key_type_from_code,
     reveal,
 )
+from psi.audit import EntryKind, encode_entry
+from psi.disclosure import DisclosureDecision, DisclosureRequest, Outcome
+from psi.merkle import leaf_hash
 
-__all__ = ["Enrollment", "SqliteTagStore", "TagStore"]
+__all__ = ["AuditStore", "DisclosureStore", "Enrollment", "HubStore", "SqliteTagStore", "TagStore"]
 
 log = logging.getLogger("blindmatch.hub.store")
 
@@ -179,9 +215,79 @@ class TagStore(Protocol):
         ...
 
 
+class AuditStore(Protocol):
+    """The audit log that a store appends to with each change it makes."""
+
+    async def audit_head(self) -> tuple[int, bytes]:
+        """(size, root) of the log, read together."""
+        ...
+
+    async def audit_entries(self, start: int, end: int) -> list[bytes]:
+        """Entries [start, end), at most `hub.audit.MAX_ENTRIES_PER_CALL`."""
+        ...
+
+    async def audit_inclusion_proof(self, leaf_index: int, tree_size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of a leaf in the tree of `tree_size` leaves."""
+        ...
+
+    async def audit_consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two sizes."""
+        ...
+
+    async def record_quota_refusal(self, bureau: str, operation: str) -> int:
+        """Append a quota-refusal leaf (no other state changes); its index."""
+        ...
+
+
+class DisclosureStore(Protocol):
+    """Disclosure cases (`hub.disclosure`); callers are authenticated bureau codes."""
+
+    async def request_disclosure(
+        self, requester: str, request: DisclosureRequest, signature: bytes
+    ) -> Ticket:
+        """Store a checked request (`hub.disclosure.check_request`) for a
+        match `requester` received; audit it and wake the owner.
+        PERMISSION_DENIED for another bureau's match (whether or not it
+        exists), ALREADY_EXISTS for a used request id."""
+        ...
+
+    async def disclosure_case(self, caller: str, request_id: bytes) -> Case:
+        """The case, if `caller` is its requester or owner (else PERMISSION_DENIED)."""
+        ...
+
+    async def list_disclosures(
+        self, caller: str, direction: Direction, after: int, limit: int
+    ) -> DisclosurePage:
+        """Up to `limit` cases of `caller` that changed after sequence `after`."""
+        ...
+
+    async def decide_disclosure(
+        self, owner: str, decision: DisclosureDecision, signature: bytes, sealed: bytes
+    ) -> Receipt:
+        """Record a checked decision (`hub.disclosure.check_decision`, which
+        the store applies again) on a pending case of `owner`, atomically with
+        its audit leaf; FAILED_PRECONDITION unless the case is pending and
+        unexpired (an expired one is marked EXPIRED)."""
+        ...
+
+    async def expire_disclosures(self) -> int:
+        """Mark pending cases past their expiry EXPIRED now; how many."""
+        ...
+
+    async def wait_for_disclosures(self, recipient: str, after: int) -> bool:
+        """Wait until a case of `recipient` may have changed after sequence
+        `after`; False when the store is shutting down."""
+        ...
+
+
+class HubStore(TagStore, AuditStore, DisclosureStore, Protocol):
+    """Everything the hub keeps: what `hub.server` opens."""
+
+
 # -- SQLite -------------------------------------------------------------------
 
-_SCHEMA_VERSION = 1
+# 1: tags, datasets, matches, notices.  2: audit log, disclosures, matches.tag.
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -260,7 +366,8 @@ CREATE TABLE IF NOT EXISTS links (
 ) WITHOUT ROWID;
 
 -- Every match the hub has announced.  kind 0: a query hit (requester_* unset);
--- kind 1: a standing match between two owners' records.
+-- kind 1: a standing match between two owners' records.  `tag` (NULL for
+-- matches made before schema 2) tells later whether the record still matches.
 CREATE TABLE IF NOT EXISTS matches (
     match_id BLOB PRIMARY KEY,
     kind INTEGER NOT NULL,
@@ -271,7 +378,8 @@ CREATE TABLE IF NOT EXISTS matches (
     dataset_id INTEGER NOT NULL,
     handle BLOB NOT NULL,
     key_type INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    tag BLOB
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS bureaus (
@@ -290,6 +398,48 @@ CREATE TABLE IF NOT EXISTS notices (
     other_category TEXT,
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (recipient, sequence)
+) WITHOUT ROWID;
+
+-- The audit log's leaves (psi.audit encodings), numbered from 0 without gaps.
+CREATE TABLE IF NOT EXISTS audit_leaves (
+    idx INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL
+);
+
+-- Disclosure cases (hub.disclosure).  The owner side is resolved from the
+-- match when the request arrives.  `sealed` is HPKE ciphertext only.
+CREATE TABLE IF NOT EXISTS disclosures (
+    request_id BLOB PRIMARY KEY,
+    match_id BLOB NOT NULL,
+    requester TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    dataset_id INTEGER NOT NULL,
+    handle BLOB NOT NULL,
+    key_type INTEGER NOT NULL,
+    request BLOB NOT NULL,
+    request_signature BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    record_removed INTEGER NOT NULL,
+    decision BLOB,
+    decision_signature BLOB,
+    sealed BLOB,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    request_audit_index INTEGER NOT NULL,
+    decision_audit_index INTEGER,
+    requester_sequence INTEGER NOT NULL,
+    owner_sequence INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS disclosures_by_requester
+    ON disclosures (requester, requester_sequence);
+CREATE INDEX IF NOT EXISTS disclosures_by_owner ON disclosures (owner, owner_sequence);
+CREATE INDEX IF NOT EXISTS disclosures_pending ON disclosures (expires_ms) WHERE status = 1;
+
+-- Per-bureau counters of disclosure case changes (separate from notices').
+CREATE TABLE IF NOT EXISTS disclosure_sequences (
+    code TEXT PRIMARY KEY,
+    last_sequence INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -461,17 +611,67 @@ _ON_ENROLL_HEADER: Mapping[tuple[_NameState, bool], _Admit] = {
 
 @dataclass
 class _Written:
-    """What a committed write transaction tells the event loop (published
-    from the writer thread right after COMMIT, so that a caller cancelled
-    meanwhile cannot lose a wake-up)."""
+    """What a write transaction did, for after its COMMIT: the audit entries
+    it appended (from leaf `audit_base` on), and what to tell the event loop
+    (published from the writer thread right after COMMIT, so that a caller
+    cancelled meanwhile cannot lose a wake-up)."""
 
+    audit_base: int
+    audit: list[bytes] = field(default_factory=list)
     notices: dict[str, int] = field(default_factory=dict)  # recipient -> last sequence
+    cases: dict[str, int] = field(default_factory=dict)  # bureau -> last case sequence
     garbage: bool = False
     new_matches: int = 0
+    pending_changed: bool = False
+    next_expiry_ms: int | None = None  # of pending cases, when pending_changed
+
+    @property
+    def publishes(self) -> bool:
+        return self.garbage or bool(self.notices) or bool(self.cases) or self.pending_changed
+
+
+class _Wakeups:
+    """The latest sequence per recipient and the futures waiting for a later one."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, int] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._interrupted = False
+
+    def publish(self, recipient: str, sequence: int) -> None:
+        self.latest[recipient] = max(self.latest.get(recipient, 0), sequence)
+        for waiter in self._waiters.get(recipient, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, recipient: str, after: int) -> bool:
+        loop = asyncio.get_running_loop()
+        while not self._interrupted and self.latest.get(recipient, 0) <= after:
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(recipient, set())
+            waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                waiters.discard(waiter)
+                if not waiters:
+                    self._waiters.pop(recipient, None)
+        return not self._interrupted
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+# The longest the expiry task sleeps without looking at the clock again.
+_MAX_EXPIRY_SLEEP = 3600.0
 
 
 class SqliteTagStore:
-    """`TagStore` on one SQLite file: one writer connection on its own thread
+    """`HubStore` on one SQLite file: one writer connection on its own thread
     (writes are serialized, each a short transaction) and reader connections
     on a small pool (lookups run concurrently with writes, thanks to WAL)."""
 
@@ -487,15 +687,19 @@ class SqliteTagStore:
         self._sweep_wanted = asyncio.Event()
         self._sweep_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._latest: dict[str, int] = {}
-        self._interrupted = False
+        self._notices = _Wakeups()
+        self._cases = _Wakeups()
+        self._audit = AuditTree()
+        self._next_expiry_ms: int | None = None
+        self._expiry_changed = asyncio.Event()
+        self._expirer: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
     async def open(cls, path: Path, *, readers: int = 4, auto_sweep: bool = True) -> SqliteTagStore:
-        """Open (creating if needed) the database at `path`, abort every
-        enrollment a previous process left staging, and start the sweeper."""
+        """Open (creating or upgrading if needed) the database at `path`,
+        rebuild the audit tree, abort every enrollment a previous process left
+        staging, and start the sweeper and the disclosure expiry task."""
         store = cls(path, readers=readers, auto_sweep=auto_sweep)
         try:
             await store._run_writer(store._setup)
@@ -508,6 +712,7 @@ class SqliteTagStore:
         if auto_sweep:
             store._sweeper = asyncio.create_task(store._sweep_forever(), name="hub-sweeper")
             store._sweep_wanted.set()
+        store._expirer = asyncio.create_task(store._expire_forever(), name="hub-expirer")
         return store
 
     # -- connections and transactions ----------------------------------------
@@ -531,14 +736,32 @@ class SqliteTagStore:
         if mode != "wal":
             raise StorageError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
+        if version not in (0, 1, _SCHEMA_VERSION):
             raise StorageError(
                 f"{self._path} has schema version {version}; this hub knows {_SCHEMA_VERSION}"
             )
         conn.executescript(_SCHEMA)
+        # Schema 1 -> 2: new tables (above) and the tag of each match.
+        if "tag" not in {row[1] for row in conn.execute("PRAGMA table_info(matches)")}:
+            conn.execute("ALTER TABLE matches ADD COLUMN tag BLOB")
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         for code, sequence in conn.execute("SELECT code, last_sequence FROM bureaus"):
-            self._latest[code] = sequence
+            self._notices.latest[code] = sequence
+        for code, sequence in conn.execute("SELECT code, last_sequence FROM disclosure_sequences"):
+            self._cases.latest[code] = sequence
+        self._next_expiry_ms = _next_expiry(conn)
+        self._audit = AuditTree(self._stored_leaf_hashes(conn))
+
+    def _stored_leaf_hashes(self, conn: sqlite3.Connection) -> Iterator[bytes]:
+        for expected, (index, entry) in enumerate(
+            conn.execute("SELECT idx, entry FROM audit_leaves ORDER BY idx")
+        ):
+            if index != expected:
+                raise StorageError(
+                    f"{self._path}: audit leaf {expected} is missing (the next one stored is "
+                    f"{index}); the audit log is damaged, restore the database from a backup"
+                )
+            yield leaf_hash(entry)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -560,14 +783,16 @@ class SqliteTagStore:
             raise StorageError(f"the hub's database failed ({exc}); retry later") from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection, _Written], T]) -> T:
-        """Run `fn` in one IMMEDIATE transaction on the writer connection."""
+        """Run `fn` in one IMMEDIATE transaction on the writer connection;
+        after COMMIT, add the audit entries it appended to the tree."""
         loop = asyncio.get_running_loop()
 
         def transaction() -> T:
             conn = self._writer
             if conn is None:  # _setup failed or close() ran
                 raise StorageError("the hub's store is not open")
-            written = _Written()
+            # Only this thread appends, so the tree's size is the next leaf's index.
+            written = _Written(audit_base=self._audit.size)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn, written)
@@ -575,7 +800,9 @@ class SqliteTagStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            if written.garbage or written.notices:
+            if written.audit:
+                self._audit.extend(written.audit, first_index=written.audit_base)
+            if written.publishes:
                 loop.call_soon_threadsafe(self._publish, written)
             return result
 
@@ -601,14 +828,17 @@ class SqliteTagStore:
             raise StorageError(f"the hub's database failed ({exc}); retry later") from exc
 
     def _publish(self, written: _Written) -> None:
-        """Tell the sweeper and notice waiters what a committed write changed."""
+        """Tell the sweeper, the expiry task and the waiters what a committed
+        write changed."""
         if written.garbage:
             self._sweep_wanted.set()
         for recipient, sequence in written.notices.items():
-            self._latest[recipient] = max(self._latest.get(recipient, 0), sequence)
-            for waiter in self._waiters.get(recipient, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._notices.publish(recipient, sequence)
+        for recipient, sequence in written.cases.items():
+            self._cases.publish(recipient, sequence)
+        if written.pending_changed:
+            self._next_expiry_ms = written.next_expiry_ms
+            self._expiry_changed.set()
 
     # -- recovery and garbage -------------------------------------------------
 
@@ -674,14 +904,15 @@ class SqliteTagStore:
     async def query(
         self, requester: str, epoch: int, tags: Sequence[QueryTag], *, include_own: bool
     ) -> QueryResult:
-        """Find hits on a reader snapshot, then record them as matches."""
+        """Find hits on a reader snapshot, then record them as matches, with
+        the query's audit leaf, in one transaction."""
         raw, searched = await self._read(
             lambda conn: _lookup(conn, requester, epoch, tags, include_own)
         )
-        if not raw:
-            return QueryResult(hits=(), datasets_searched=searched)
-        hits = await self._write(lambda conn, _: _record_matches(conn, requester, raw))
-        return QueryResult(hits=tuple(hits), datasets_searched=searched)
+        hits, index = await self._write(
+            lambda conn, written: _record_query(conn, written, requester, len(tags), raw)
+        )
+        return QueryResult(hits=tuple(hits), datasets_searched=searched, audit_index=index)
 
     async def list_datasets(self, owner: str) -> list[DatasetInfo]:
         """`owner`'s live datasets, by name."""
@@ -750,35 +981,127 @@ class SqliteTagStore:
     async def wait_for_notices(self, recipient: str, after: int) -> bool:
         """Sleep (no polling) until a commit creates a notice for `recipient`
         after `after`; False when interrupted for shutdown."""
-        loop = asyncio.get_running_loop()
-        while not self._interrupted and self._latest.get(recipient, 0) <= after:
-            waiter: asyncio.Future[None] = loop.create_future()
-            waiters = self._waiters.setdefault(recipient, set())
-            waiters.add(waiter)
-            try:
-                await waiter
-            finally:
-                waiters.discard(waiter)
-                if not waiters:
-                    self._waiters.pop(recipient, None)
-        return not self._interrupted
+        return await self._notices.wait(recipient, after)
 
     async def interrupt_waiters(self) -> None:
-        """End every `wait_for_notices` (shutdown)."""
-        self._interrupted = True
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        """End every `wait_for_notices` and `wait_for_disclosures` (shutdown)."""
+        self._notices.interrupt()
+        self._cases.interrupt()
+
+    # -- audit log ------------------------------------------------------------
+
+    async def audit_head(self) -> tuple[int, bytes]:
+        """(size, root) of the committed log."""
+        return self._audit.head()
+
+    async def audit_entries(self, start: int, end: int) -> list[bytes]:
+        """Stored entries [start, end) of the committed log."""
+        check_entries_range(start, end, self._audit.size)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT entry FROM audit_leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            ).fetchall()
+        )
+        return [bytes(entry) for (entry,) in rows]
+
+    async def audit_inclusion_proof(self, leaf_index: int, tree_size: int) -> list[bytes]:
+        """RFC 9162 §2.1.3.1 inclusion proof."""
+        return self._audit.inclusion_proof(leaf_index, tree_size)
+
+    async def audit_consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 §2.1.4.1 consistency proof."""
+        return self._audit.consistency_proof(old_size, new_size)
+
+    async def record_quota_refusal(self, bureau: str, operation: str) -> int:
+        """Append a quota-refusal leaf; its index."""
+        entry = encode_entry(
+            EntryKind.QUOTA_REFUSAL, time_ms=_now_ms(), bureau=bureau, operation=operation
+        )
+        return await self._write(lambda conn, written: _audit(conn, written, entry))
+
+    # -- disclosure -----------------------------------------------------------
+
+    async def request_disclosure(
+        self, requester: str, request: DisclosureRequest, signature: bytes
+    ) -> Ticket:
+        """Store a request (see `DisclosureStore`)."""
+        return await self._write(
+            lambda conn, written: _request_disclosure(conn, written, requester, request, signature)
+        )
+
+    async def disclosure_case(self, caller: str, request_id: bytes) -> Case:
+        """The case, if `caller` is a party of it."""
+        await self._expire_if_due()
+        case = await self._read(lambda conn: _load_case(conn, request_id))
+        if case is None:
+            raise denied_for(caller, request_id)
+        role_of(case, caller)
+        return case
+
+    async def list_disclosures(
+        self, caller: str, direction: Direction, after: int, limit: int
+    ) -> DisclosurePage:
+        """Cases of `caller` that changed after sequence `after`, by sequence."""
+        await self._expire_if_due()
+        return await self._read(lambda conn: _list_cases(conn, caller, direction, after, limit))
+
+    async def decide_disclosure(
+        self, owner: str, decision: DisclosureDecision, signature: bytes, sealed: bytes
+    ) -> Receipt:
+        """Record a decision (see `DisclosureStore`)."""
+        outcome = await self._write(
+            lambda conn, written: _decide(conn, written, owner, decision, signature, sealed)
+        )
+        if isinstance(outcome, FailedPreconditionError):
+            raise outcome  # the case expired: that change is committed
+        return outcome
+
+    async def expire_disclosures(self) -> int:
+        """Mark every pending case past its expiry EXPIRED."""
+        return await self._write(_expire_due)
+
+    async def wait_for_disclosures(self, recipient: str, after: int) -> bool:
+        """Sleep until a commit changes a case of `recipient` after sequence
+        `after`; False when interrupted for shutdown."""
+        return await self._cases.wait(recipient, after)
+
+    async def _expire_if_due(self) -> None:
+        due = self._next_expiry_ms
+        if due is not None and _now_ms() >= due:
+            await self.expire_disclosures()
+
+    async def _expire_forever(self) -> None:
+        while True:
+            due = self._next_expiry_ms
+            if due is None:
+                await self._expiry_changed.wait()
+            else:
+                delay = min((due - _now_ms()) / 1000, _MAX_EXPIRY_SLEEP)
+                if delay > 0:
+                    # Not asyncio.wait_for: before Python 3.12 it can swallow a
+                    # cancellation that arrives as the event is set (close() hangs).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._expiry_changed.wait()
+            self._expiry_changed.clear()
+            try:
+                await self._expire_if_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("expiring disclosure requests failed; retrying in 60 s")
+                await asyncio.sleep(60)
 
     async def close(self) -> None:
-        """Stop the sweeper, wake waiters, close every connection."""
+        """Stop the background tasks, wake waiters, close every connection."""
         if self._closed:
             return
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._expirer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.interrupt_waiters()
         self._closed = True
         # Let queued work finish before the connections go away.
@@ -852,6 +1175,8 @@ class SqliteEnrollment:
                     self._dataset_id,
                     self._gen,
                     self._stored,
+                    tag_count,
+                    digest,
                 )
             )
         except BaseException:
@@ -1021,7 +1346,11 @@ def _go_live(
     dataset_id: int,
     gen: int,
     stored: int,
+    sent: int,
+    digest: bytes,
 ) -> EnrollResult:
+    """Make the staged generation live; its audit leaf records the keys as
+    sent (`sent`, SHA-256 `digest`), before any standing match it creates."""
     staged = conn.execute("SELECT gen FROM staging WHERE dataset_id = ?", (dataset_id,)).fetchone()
     if staged is None or staged[0] != gen:
         raise FailedPreconditionError(
@@ -1039,12 +1368,26 @@ def _go_live(
     conn.execute("DELETE FROM removed WHERE dataset_id = ? AND gen < ?", (dataset_id, gen))
     if old_version >= 1:
         _mark_garbage(conn, written)
+    index = _audit(
+        conn,
+        written,
+        encode_entry(
+            EntryKind.ENROLLMENT,
+            time_ms=_now_ms(),
+            bureau=owner,
+            dataset=spec.name,
+            version=old_version + 1,
+            count=sent,
+            digest=digest,
+        ),
+    )
     _settle_candidates(conn, dataset_id, written)
     return EnrollResult(
         dataset=spec.name,
         version=old_version + 1,
         tag_count=stored,
         new_notices=written.new_matches,
+        audit_index=index,
     )
 
 
@@ -1108,10 +1451,38 @@ def _update(
             )
             added.append(key)
     tag_count = d.tag_count + inserted
+    now = _now_ms()
     conn.execute(
         "UPDATE datasets SET version = ?, tag_count = ?, updated_ms = ? WHERE id = ?",
-        (version, tag_count, _now_ms(), d.id),
+        (version, tag_count, now, d.id),
     )
+    # Counts as the agent sent them: handles named, keys in order.
+    index = _audit(
+        conn,
+        written,
+        encode_entry(
+            EntryKind.REMOVAL,
+            time_ms=now,
+            bureau=owner,
+            dataset=name,
+            version=version,
+            count=len(dict.fromkeys(remove_handles)),
+        ),
+    )
+    if add:
+        _audit(
+            conn,
+            written,
+            encode_entry(
+                EntryKind.ENROLLMENT,
+                time_ms=now,
+                bureau=owner,
+                dataset=name,
+                version=version,
+                count=len(add),
+                digest=digest_of(add),
+            ),
+        )
     if d.policy.linkable and added:
         _probe(conn, owner, d.id, d.gen, d.epoch, added)
         _settle_candidates(conn, d.id, written)
@@ -1122,6 +1493,7 @@ def _update(
         removed=removed,
         tag_count=tag_count,
         new_notices=written.new_matches,
+        audit_index=index,
     )
 
 
@@ -1172,11 +1544,22 @@ def _settle_candidates(conn: sqlite3.Connection, dataset_id: int, written: _Writ
         now = _now_ms()
         conn.execute(
             "INSERT INTO matches (match_id, kind, requester, requester_dataset_id, "
-            "requester_handle, owner, dataset_id, handle, key_type, created_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "requester_handle, owner, dataset_id, handle, key_type, created_ms, tag) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (match_id, _STANDING_MATCH, me.owner, dataset_id, handle, other.owner, other_id,
-             other_handle, code, now),
+             other_handle, code, now, tag),
         )  # fmt: skip
+        _audit(
+            conn,
+            written,
+            encode_entry(
+                EntryKind.STANDING_MATCH,
+                time_ms=now,
+                match_id=match_id,
+                bureau=me.owner,
+                other=other.owner,
+            ),
+        )
         for mine, my_handle, theirs in ((me, handle, other), (other, other_handle, me)):
             shown = reveal(theirs.policy, theirs.owner, theirs.category)
             (sequence,) = conn.execute(
@@ -1229,6 +1612,7 @@ class _RawHit:
     dataset: _Dataset  # as the lookup's snapshot saw it
     handle: bytes
     key_type: int
+    tag: bytes
 
 
 def _lookup(
@@ -1255,18 +1639,27 @@ def _lookup(
             d = searched.get(dataset_id)
             if d is None or gen != d.gen or _tombstoned(conn, dataset_id, gen, handle, added):
                 continue
-            hits.append(_RawHit(index, d, handle, code))
+            hits.append(_RawHit(index, d, handle, code, query.tag))
     return hits, len(searched)
 
 
-def _record_matches(conn: sqlite3.Connection, requester: str, raw: Sequence[_RawHit]) -> list[Hit]:
+def _record_query(
+    conn: sqlite3.Connection,
+    written: _Written,
+    requester: str,
+    tag_count: int,
+    raw: Sequence[_RawHit],
+) -> tuple[list[Hit], int]:
+    """Record each hit as a match with a fresh id, and the query's audit leaf."""
     now = _now_ms()
     hits = []
     rows = []
     for r in raw:
         d = r.dataset
         match_id = _new_match_id()
-        rows.append((match_id, _QUERY_MATCH, requester, d.owner, d.id, r.handle, r.key_type, now))
+        rows.append(
+            (match_id, _QUERY_MATCH, requester, d.owner, d.id, r.handle, r.key_type, now, r.tag)
+        )
         hits.append(
             Hit(
                 query_index=r.query_index,
@@ -1279,7 +1672,302 @@ def _record_matches(conn: sqlite3.Connection, requester: str, raw: Sequence[_Raw
         )
     conn.executemany(
         "INSERT INTO matches (match_id, kind, requester, owner, dataset_id, handle, key_type, "
-        "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_ms, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    return hits
+    index = _audit(
+        conn,
+        written,
+        encode_entry(
+            EntryKind.QUERY, time_ms=now, requester=requester, tags=tag_count, hits=len(raw)
+        ),
+    )
+    return hits, index
+
+
+# -- the audit log (run on the writer thread) -------------------------------------
+
+
+def _audit(conn: sqlite3.Connection, written: _Written, entry: bytes) -> int:
+    """Append an audit leaf in the current transaction; its index."""
+    index = written.audit_base + len(written.audit)
+    conn.execute("INSERT INTO audit_leaves (idx, entry) VALUES (?, ?)", (index, entry))
+    written.audit.append(entry)
+    return index
+
+
+# -- disclosure cases -------------------------------------------------------------
+
+_CASE_COLUMNS = (
+    "c.request_id, c.match_id, c.requester, c.owner, coalesce(d.name, ''), c.handle, "
+    "c.key_type, coalesce(d.flags, 0), c.request, c.request_signature, c.status, "
+    "c.record_removed, c.decision, c.decision_signature, c.sealed, c.created_ms, c.expires_ms, "
+    "c.request_audit_index, c.decision_audit_index, c.requester_sequence, c.owner_sequence"
+)
+
+
+def _case_from_row(row: Sequence[Any]) -> Case:
+    return Case(
+        request_id=row[0],
+        match_id=row[1],
+        requester=row[2],
+        owner=row[3],
+        dataset=row[4],
+        handle=row[5],
+        key_type=key_type_from_code(row[6]),
+        reveal_owner=bool(row[7] & _REVEAL_OWNER),
+        request=row[8],
+        request_signature=row[9],
+        status=Status(row[10]),
+        record_removed=bool(row[11]),
+        decision=row[12] or b"",
+        decision_signature=row[13] or b"",
+        sealed=row[14] or b"",
+        created_ms=row[15],
+        expires_ms=row[16],
+        request_audit_index=row[17],
+        decision_audit_index=row[18],
+        requester_sequence=row[19],
+        owner_sequence=row[20],
+    )
+
+
+def _load_cases(conn: sqlite3.Connection, where: str, args: Sequence[object]) -> list[Case]:
+    rows = conn.execute(
+        f"SELECT {_CASE_COLUMNS} FROM disclosures c LEFT JOIN datasets d ON d.id = c.dataset_id "  # noqa: S608 - fixed SQL fragments only
+        f"{where}",
+        tuple(args),
+    ).fetchall()
+    return [_case_from_row(r) for r in rows]
+
+
+def _load_case(conn: sqlite3.Connection, request_id: bytes) -> Case | None:
+    found = _load_cases(conn, "WHERE c.request_id = ?", (request_id,))
+    return found[0] if found else None
+
+
+def _list_cases(
+    conn: sqlite3.Connection, caller: str, direction: Direction, after: int, limit: int
+) -> DisclosurePage:
+    row = conn.execute(
+        "SELECT last_sequence FROM disclosure_sequences WHERE code = ?", (caller,)
+    ).fetchone()
+    last = row[0] if row else 0
+    cases: list[tuple[int, Case]] = []
+    if direction in (Direction.BOTH, Direction.OUTGOING):
+        cases += (
+            (c.requester_sequence, c)
+            for c in _load_cases(
+                conn,
+                "WHERE c.requester = ? AND c.requester_sequence > ? "
+                "ORDER BY c.requester_sequence LIMIT ?",
+                (caller, after, limit),
+            )
+        )
+    if direction in (Direction.BOTH, Direction.INCOMING):
+        cases += (
+            (c.owner_sequence, c)
+            for c in _load_cases(
+                conn,
+                "WHERE c.owner = ? AND c.owner_sequence > ? ORDER BY c.owner_sequence LIMIT ?",
+                (caller, after, limit),
+            )
+        )
+    cases.sort(key=lambda pair: pair[0])
+    page = cases[:limit]
+    # A full page may have more after it; otherwise every change up to
+    # `last` that this listing covers is in it.
+    resume = page[-1][0] if len(page) == limit else max(last, after)
+    return DisclosurePage(cases=tuple(c for _, c in page), resume_after=resume)
+
+
+def _next_expiry(conn: sqlite3.Connection) -> int | None:
+    (due,) = conn.execute("SELECT min(expires_ms) FROM disclosures WHERE status = ?", (
+        Status.PENDING,
+    )).fetchone()  # fmt: skip
+    return int(due) if due is not None else None
+
+
+def _pending_changed(conn: sqlite3.Connection, written: _Written) -> None:
+    written.pending_changed = True
+    written.next_expiry_ms = _next_expiry(conn)
+
+
+def _case_sequence(conn: sqlite3.Connection, written: _Written, code: str) -> int:
+    (sequence,) = conn.execute(
+        "INSERT INTO disclosure_sequences (code, last_sequence) VALUES (?, 1) ON CONFLICT (code) "
+        "DO UPDATE SET last_sequence = last_sequence + 1 RETURNING last_sequence",
+        (code,),
+    ).fetchone()
+    written.cases[code] = sequence
+    return int(sequence)
+
+
+def _owner_side(row: Sequence[Any] | None, requester: str) -> tuple[str, int, bytes] | None:
+    """(owner, dataset id, handle) of the record `requester` may ask about
+    under this match, or None when the match was not reported to it."""
+    if row is None:
+        return None
+    kind, by, by_dataset, by_handle, owner, dataset_id, handle = row[:7]
+    if requester == by:
+        return owner, dataset_id, handle
+    if kind == _STANDING_MATCH and requester == owner:
+        return by, by_dataset, by_handle
+    return None
+
+
+def _still_matches(
+    conn: sqlite3.Connection, dataset_id: int, handle: bytes, tag: bytes | None
+) -> bool:
+    """Whether the matched key of record `handle` is still live in its dataset."""
+    found = _load_datasets(conn, "WHERE d.id = ?", (dataset_id,))
+    if not found or not found[0].live:
+        return False
+    d = found[0]
+    if tag is None:  # a match made before schema 2: only a tombstone can tell
+        return (
+            conn.execute(
+                "SELECT 1 FROM removed WHERE dataset_id = ? AND gen = ? AND handle = ?",
+                (d.id, d.gen, handle),
+            ).fetchone()
+            is None
+        )
+    return _row_visible(conn, tag, d.id, d.gen, handle)
+
+
+def _request_disclosure(
+    conn: sqlite3.Connection,
+    written: _Written,
+    requester: str,
+    request: DisclosureRequest,
+    signature: bytes,
+) -> Ticket:
+    row = conn.execute(
+        "SELECT kind, requester, requester_dataset_id, requester_handle, owner, dataset_id, "
+        "handle, key_type, tag FROM matches WHERE match_id = ?",
+        (request.match_id,),
+    ).fetchone()
+    side = _owner_side(row, requester)
+    mid = request.match_id.hex()
+    if side is None:  # the same answer whether or not the match exists
+        raise PermissionDeniedError(
+            f"match {mid} was not reported to {requester}; a bureau can only ask for the "
+            "record behind a match it received"
+        )
+    owner, dataset_id, handle = side
+    key_type, tag = row[7], row[8]
+    if owner == requester:
+        raise FailedPreconditionError(
+            f"match {mid} is with a record of {requester}'s own; look it up locally"
+        )
+    rid = request.request_id.hex()
+    if conn.execute(
+        "SELECT 1 FROM disclosures WHERE request_id = ?", (request.request_id,)
+    ).fetchone():
+        raise AlreadyExistsError(
+            f"disclosure request {rid} was already sent; to ask again, sign a new request "
+            "(with a new id)"
+        )
+    removed = not _still_matches(conn, dataset_id, handle, tag)
+    now = _now_ms()
+    index = _audit(
+        conn,
+        written,
+        encode_entry(
+            EntryKind.DISCLOSURE_REQUEST,
+            time_ms=now,
+            request_id=request.request_id,
+            match_id=request.match_id,
+            requester=requester,
+            request_digest=request.digest(),
+        ),
+    )
+    conn.execute(
+        "INSERT INTO disclosures (request_id, match_id, requester, owner, dataset_id, handle, "
+        "key_type, request, request_signature, status, record_removed, created_ms, expires_ms, "
+        "request_audit_index, requester_sequence, owner_sequence) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (request.request_id, request.match_id, requester, owner, dataset_id, handle, key_type,
+         request.encode(), signature, Status.PENDING, removed, now, request.expires_ms, index,
+         _case_sequence(conn, written, requester), _case_sequence(conn, written, owner)),
+    )  # fmt: skip
+    _pending_changed(conn, written)
+    return Ticket(
+        request_id=request.request_id,
+        expires_ms=request.expires_ms,
+        audit_index=index,
+        record_removed=removed,
+    )
+
+
+def _expire_case(conn: sqlite3.Connection, written: _Written, case: Case) -> None:
+    status = next_status(case.status, Event.EXPIRE, case.request_id)
+    conn.execute(
+        "UPDATE disclosures SET status = ?, requester_sequence = ?, owner_sequence = ? "
+        "WHERE request_id = ?",
+        (status, _case_sequence(conn, written, case.requester),
+         _case_sequence(conn, written, case.owner), case.request_id),
+    )  # fmt: skip
+
+
+def _expire_due(conn: sqlite3.Connection, written: _Written) -> int:
+    due = _load_cases(
+        conn,
+        "WHERE c.status = ? AND c.expires_ms <= ? ORDER BY c.expires_ms",
+        (Status.PENDING, _now_ms()),
+    )
+    for case in due:
+        _expire_case(conn, written, case)
+    _pending_changed(conn, written)
+    return len(due)
+
+
+def _decide(
+    conn: sqlite3.Connection,
+    written: _Written,
+    owner: str,
+    decision: DisclosureDecision,
+    signature: bytes,
+    sealed: bytes,
+) -> Receipt | FailedPreconditionError:
+    """Record the decision; an expired case is marked so and its error
+    returned (not raised), so that the change commits."""
+    case = _load_case(conn, decision.request_id)
+    if case is None:
+        raise denied_for(owner, decision.request_id)
+    check_decision(case, owner, decision, sealed)
+    approved = decision.outcome is Outcome.APPROVED
+    event = Event.APPROVE if approved else Event.DENY
+    now = _now_ms()
+    if case.status is Status.PENDING and now >= case.expires_ms:
+        _expire_case(conn, written, case)
+        _pending_changed(conn, written)
+        try:
+            next_status(Status.EXPIRED, event, case.request_id)
+        except FailedPreconditionError as exc:
+            return exc
+    status = next_status(case.status, event, case.request_id)
+    index = _audit(
+        conn,
+        written,
+        encode_entry(
+            EntryKind.DISCLOSURE_DECISION,
+            time_ms=now,
+            request_id=case.request_id,
+            requester=case.requester,
+            owner=owner,
+            outcome=decision.outcome.value,
+            fields=len(decision.fields),
+            decision_digest=hashlib.sha256(decision.encode()).digest(),
+        ),
+    )
+    conn.execute(
+        "UPDATE disclosures SET status = ?, decision = ?, decision_signature = ?, sealed = ?, "
+        "decision_audit_index = ?, requester_sequence = ?, owner_sequence = ? "
+        "WHERE request_id = ?",
+        (status, decision.encode(), signature, sealed if approved else None, index,
+         _case_sequence(conn, written, case.requester), _case_sequence(conn, written, owner),
+         case.request_id),
+    )  # fmt: skip
+    _pending_changed(conn, written)
+    return Receipt(request_id=case.request_id, status=status, audit_index=index)
