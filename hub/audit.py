@@ -9,8 +9,11 @@ appends them to its `AuditTree` right after that transaction commits, on the
 writer thread, so the tree never holds a leaf the database lost, and the
 database never holds a leaf the tree will not get (the tree is rebuilt from
 the stored leaves at startup).  Entries name bureaus, dataset names, counts,
-random ids and digests, never an identifier, tag or handle, so any
-authenticated bureau may read them.
+random ids and digests, never an identifier, tag or handle.  Even so, a
+bureau reads in full only the entries of its own actions (`readable_by`):
+the rest would tell it other bureaus' dataset names and sizes, query
+volumes, and owners that their policy hides.  Everyone gets every leaf
+hash, which is all that inclusion and consistency proofs need.
 
 Tree heads are signed lazily: the first reader of a new size gets a head
 signed with the hub's clock, later readers of the same size the same head.
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.errors import FailedPreconditionError, LimitExceededError
-from psi.errors import InvalidInputError
+from psi.audit import EntryKind, decode_entry
+from psi.errors import DeserializeError, InvalidInputError
 from psi.merkle import MerkleLog, TreeHead, leaf_hash, sign_tree_head
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "check_consistency_sizes",
     "check_entries_range",
     "check_inclusion_args",
+    "readable_by",
 ]
 
 MAX_ENTRIES_PER_CALL = 1000
@@ -78,6 +83,29 @@ def check_consistency_sizes(old_size: int, new_size: int, size: int) -> None:
             "empty tree proves nothing)",
             field="old_size",
         )
+
+
+# Which field of an entry names the bureau whose action it records.
+_ACTOR = {
+    EntryKind.ENROLLMENT: "bureau",
+    EntryKind.REMOVAL: "bureau",
+    EntryKind.QUOTA_REFUSAL: "bureau",
+    EntryKind.QUERY: "requester",
+    EntryKind.DISCLOSURE_REQUEST: "requester",
+    EntryKind.DISCLOSURE_DECISION: "owner",
+}
+
+
+def readable_by(entry: bytes, caller: str) -> bool:
+    """True when `caller` may read `entry` in full: it names `caller` as the
+    bureau that acted.  Standing-match entries name two bureaus whose
+    policies may hide each from the other, so nobody reads them."""
+    try:
+        decoded = decode_entry(entry)
+    except DeserializeError:
+        return False
+    actor = _ACTOR.get(decoded.kind)
+    return actor is not None and decoded[actor] == caller
 
 
 class AuditTree:

@@ -37,7 +37,7 @@ from blindmatch.v1 import (
     hub_pb2_grpc,
 )
 from bureau_agent import pki
-from hub import disclosure, policy
+from hub import audit, disclosure, policy
 from hub.audit import TreeHeadSigner
 from hub.errors import (
     AlreadyExistsError,
@@ -58,6 +58,7 @@ from psi.disclosure import (
 )
 from psi.errors import InvalidInputError, PeerError
 from psi.identifiers import Strength
+from psi.merkle import leaf_hash
 
 __all__ = ["AuditLogService", "DisclosureService", "HubService", "authenticate", "status_for"]
 
@@ -418,8 +419,9 @@ class HubService(hub_pb2_grpc.HubServicer):
 
 
 class AuditLogService(audit_pb2_grpc.AuditLogServicer):
-    """Serves the audit log to any authenticated bureau (entries name no
-    identifier, tag or handle)."""
+    """Serves the audit log to any authenticated bureau: heads, proofs and
+    every leaf hash to all; an entry in full only to the bureau that acted
+    (`hub.audit.readable_by`)."""
 
     def __init__(
         self,
@@ -452,13 +454,16 @@ class AuditLogService(audit_pb2_grpc.AuditLogServicer):
     async def GetEntries(
         self, request: audit_pb2.GetEntriesRequest, context: Context
     ) -> audit_pb2.GetEntriesResponse:
-        """Entries [start, end), at most 1,000."""
+        """Entries [start, end), at most 1,000; full only where the caller acted."""
         try:
-            authenticate(context, self._directory)
+            caller = authenticate(context, self._directory)
             entries = await self._store.audit_entries(request.start, request.end)
         except Exception as exc:
             await _abort(context, exc)
-        return audit_pb2.GetEntriesResponse(entries=entries)
+        return audit_pb2.GetEntriesResponse(
+            entries=[e if audit.readable_by(e, caller) else b"" for e in entries],
+            leaf_hashes=[leaf_hash(e) for e in entries],
+        )
 
     async def GetInclusionProof(
         self, request: audit_pb2.GetInclusionProofRequest, context: Context

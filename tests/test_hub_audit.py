@@ -387,8 +387,17 @@ async def signed_head(stub: audit_pb2_grpc.AuditLogAsyncStub, key: bytes) -> mer
 
 
 async def entries_of(stub: audit_pb2_grpc.AuditLogAsyncStub, size: int) -> list[bytes]:
+    """The entries one bureau may read (others empty), checked against the leaf hashes."""
     answer = await stub.GetEntries(audit_pb2.GetEntriesRequest(start=0, end=size), timeout=5)
+    assert len(answer.entries) == len(answer.leaf_hashes) == size
+    for entry, hashed in zip(answer.entries, answer.leaf_hashes, strict=True):
+        assert not entry or merkle.leaf_hash(entry) == hashed
     return list(answer.entries)
+
+
+async def leaf_hashes_of(stub: audit_pb2_grpc.AuditLogAsyncStub, size: int) -> list[bytes]:
+    answer = await stub.GetEntries(audit_pb2.GetEntriesRequest(start=0, end=size), timeout=5)
+    return list(answer.leaf_hashes)
 
 
 def test_service_heads_entries_and_proofs_verify(federation: Federation, config: HubConfig) -> None:
@@ -438,11 +447,17 @@ def test_service_heads_entries_and_proofs_verify(federation: Federation, config:
         }
         head = await signed_head(audit["DEU"], key)
         assert head.size == 10
-        entries = await entries_of(audit["ITA"], head.size)
-        verify_log(entries, head.size, head.root)
-        kinds = [decode_entry(e).kind.value for e in entries]
+        hashes = await leaf_hashes_of(audit["ITA"], head.size)
+        assert merkle.root(hashes) == head.root
+        views = {code: await entries_of(audit[code], head.size) for code in ("FRA", "DEU", "ITA")}
+        # Each bureau reads only the entries of its own actions in full; nobody
+        # reads the standing-match entries (they name two bureaus).
+        readable = {code: [i for i, e in enumerate(v) if e] for code, v in views.items()}
+        assert readable == {"FRA": [0, 4, 5], "DEU": [1], "ITA": [6, 7, 8, 9]}
+        entries = [next((v[i] for v in views.values() if v[i]), b"") for i in range(head.size)]
+        kinds = [decode_entry(e).kind.value if e else "withheld" for e in entries]
         assert kinds == [
-            "enrollment", "enrollment", "standing_match", "standing_match", "removal",
+            "enrollment", "enrollment", "withheld", "withheld", "removal",
             "enrollment", "query", "query", "query", "query",
         ]  # fmt: skip
         assert decode_entry(entries[6]).fields == {"requester": "ITA", "tags": 4, "hits": 1}

@@ -573,12 +573,15 @@ def test_approval_reaches_the_requester_sealed(fed: Fed, config: HubConfig) -> N
         assert (await get(d["FRA"], request.request_id)).sealed == b""  # requester only
 
         # Both steps are in the audit log, without the handle, the record or the purpose.
-        audit = audit_pb2_grpc.AuditLogStub(hub.channels["ITA"])
-        entries = (
-            await audit.GetEntries(
-                audit_pb2.GetEntriesRequest(start=ticket.audit_index, end=receipt.audit_index + 1)
-            )
-        ).entries
+        span = audit_pb2.GetEntriesRequest(start=ticket.audit_index, end=receipt.audit_index + 1)
+        views = {
+            code: (await audit_pb2_grpc.AuditLogStub(hub.channels[code]).GetEntries(span)).entries
+            for code in ("DEU", "FRA", "ITA")
+        }
+        # Each party reads only its own step; a bystander reads neither.
+        assert views["DEU"][-1] == b"" and views["FRA"][0] == b""
+        assert set(views["ITA"]) == {b""}
+        entries = [views["DEU"][0], views["FRA"][-1]]
         first, last = decode_entry(entries[0]), decode_entry(entries[-1])
         assert (first.kind, first["requester"], first["match_id"]) == (
             EntryKind.DISCLOSURE_REQUEST, "DEU", match_id,

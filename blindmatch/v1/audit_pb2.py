@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62lindmatch/v1/audit.proto\x12\rblindmatch.v1\"U\n\x0eSignedTreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04root\x18\x02 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x14\n\x12GetTreeHeadRequest\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"%\n\x12GetEntriesResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"\x1c\n\nAuditProof\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32\xe4\x02\n\x08\x41uditLog\x12O\n\x0bGetTreeHead\x12!.blindmatch.v1.GetTreeHeadRequest\x1a\x1d.blindmatch.v1.SignedTreeHead\x12Q\n\nGetEntries\x12 .blindmatch.v1.GetEntriesRequest\x1a!.blindmatch.v1.GetEntriesResponse\x12W\n\x11GetInclusionProof\x12\'.blindmatch.v1.GetInclusionProofRequest\x1a\x19.blindmatch.v1.AuditProof\x12[\n\x13GetConsistencyProof\x12).blindmatch.v1.GetConsistencyProofRequest\x1a\x19.blindmatch.v1.AuditProofb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62lindmatch/v1/audit.proto\x12\rblindmatch.v1\"U\n\x0eSignedTreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04root\x18\x02 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x14\n\x12GetTreeHeadRequest\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\":\n\x12GetEntriesResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12\x13\n\x0bleaf_hashes\x18\x02 \x03(\x0c\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"\x1c\n\nAuditProof\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32\xe4\x02\n\x08\x41uditLog\x12O\n\x0bGetTreeHead\x12!.blindmatch.v1.GetTreeHeadRequest\x1a\x1d.blindmatch.v1.SignedTreeHead\x12Q\n\nGetEntries\x12 .blindmatch.v1.GetEntriesRequest\x1a!.blindmatch.v1.GetEntriesResponse\x12W\n\x11GetInclusionProof\x12\'.blindmatch.v1.GetInclusionProofRequest\x1a\x19.blindmatch.v1.AuditProof\x12[\n\x13GetConsistencyProof\x12).blindmatch.v1.GetConsistencyProofRequest\x1a\x19.blindmatch.v1.AuditProofb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETENTRIESREQUEST']._serialized_start=153
   _globals['_GETENTRIESREQUEST']._serialized_end=200
   _globals['_GETENTRIESRESPONSE']._serialized_start=202
-  _globals['_GETENTRIESRESPONSE']._serialized_end=239
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=241
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=306
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=308
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=372
-  _globals['_AUDITPROOF']._serialized_start=374
-  _globals['_AUDITPROOF']._serialized_end=402
-  _globals['_AUDITLOG']._serialized_start=405
-  _globals['_AUDITLOG']._serialized_end=761
+  _globals['_GETENTRIESRESPONSE']._serialized_end=260
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=262
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=327
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=329
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=393
+  _globals['_AUDITPROOF']._serialized_start=395
+  _globals['_AUDITPROOF']._serialized_end=423
+  _globals['_AUDITLOG']._serialized_start=426
+  _globals['_AUDITLOG']._serialized_end=782
 # @@protoc_insertion_point(module_scope)

@@ -93,18 +93,30 @@ class GetEntriesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    LEAF_HASHES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """psi.audit encodings, in leaf order from `start`"""
+        """psi.audit encodings, in leaf order from `start`.  An entry is given in
+        full only to the bureau it names as acting (enrollment, removal, quota
+        refusal: bureau; query and disclosure request: requester; disclosure
+        decision: owner); to everyone else it is empty, and standing-match
+        entries are empty for all, so the log reveals no dataset, owner or
+        query volume that policy hides.
+        """
+
+    @_builtins.property
+    def leaf_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The RFC 9162 leaf hash of every entry in the range, withheld or not."""
 
     def __init__(
         self,
         *,
         entries: _abc.Iterable[_builtins.bytes] | None = ...,
+        leaf_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "leaf_hashes", b"leaf_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,7 +67,8 @@ class AuditLogServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEntries(self, request, context):
-        """Entries [start, end) (at most 1,000 at a time).
+        """Entries [start, end) (at most 1,000 at a time); see GetEntriesResponse
+        for which entries a caller may read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,9 @@ class AuditLogStub:
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetTreeHeadRequest, _audit_pb2.SignedTreeHead]
     """The latest signed tree head."""
     GetEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetEntriesRequest, _audit_pb2.GetEntriesResponse]
-    """Entries [start, end) (at most 1,000 at a time)."""
+    """Entries [start, end) (at most 1,000 at a time); see GetEntriesResponse
+    for which entries a caller may read.
+    """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.AuditProof]
     """RFC 9162 section 2.1.3 inclusion proof of a leaf in the tree of `tree_size` leaves."""
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.AuditProof]
@@ -49,7 +51,9 @@ class AuditLogAsyncStub(AuditLogStub):
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetTreeHeadRequest, _audit_pb2.SignedTreeHead]  # type: ignore[assignment]
     """The latest signed tree head."""
     GetEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetEntriesRequest, _audit_pb2.GetEntriesResponse]  # type: ignore[assignment]
-    """Entries [start, end) (at most 1,000 at a time)."""
+    """Entries [start, end) (at most 1,000 at a time); see GetEntriesResponse
+    for which entries a caller may read.
+    """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.AuditProof]  # type: ignore[assignment]
     """RFC 9162 section 2.1.3 inclusion proof of a leaf in the tree of `tree_size` leaves."""
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.AuditProof]  # type: ignore[assignment]
@@ -70,7 +74,9 @@ class AuditLogServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetEntriesResponse, _abc.Awaitable[_audit_pb2.GetEntriesResponse]]:
-        """Entries [start, end) (at most 1,000 at a time)."""
+        """Entries [start, end) (at most 1,000 at a time); see GetEntriesResponse
+        for which entries a caller may read.
+        """
 
     @_abc_1.abstractmethod
     def GetInclusionProof(
