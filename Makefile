@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench lint proto clean
+.PHONY: test demo bench lint proto clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,11 +19,17 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps openmined-psi==2.0.6
 	touch $@
 
+# The hub's PostgreSQL store is tested against a real server from Debian's
+# packages (tests start their own cluster in a temporary folder).
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: system-deps lint
 	$(BIN)/pytest -q
 
 demo: $(VENV)/.installed-test
