@@ -24,10 +24,48 @@ __all__ = ["run_demo", "write_demo_data"]
 
 Say = Callable[..., None]
 
-FIRST = ["Anna", "Luca", "Marie", "Jonas", "Sofia", "Mateo", "Elena", "Noah", "Lea", "Omar",
-         "Ines", "Karl", "Yara", "Pedro", "Mila", "Ivan", "Nora", "Tariq", "Clara", "Hugo"]  # fmt: skip
-LAST = ["Schmidt", "Dubois", "Silva", "Rossi", "Novak", "Kowalski", "Haddad", "Jensen", "Moreau",
-        "Costa", "Weber", "Petrov", "Nakamura", "Garcia", "Lindqvist", "Horvat", "Okafor", "Yilmaz"]  # fmt: skip
+FIRST = [
+    "Anna",
+    "Luca",
+    "Marie",
+    "Jonas",
+    "Sofia",
+    "Mateo",
+    "Elena",
+    "Noah",
+    "Lea",
+    "Omar",
+    "Ines",
+    "Karl",
+    "Yara",
+    "Pedro",
+    "Mila",
+    "Ivan",
+    "Nora",
+    "Tariq",
+    "Clara",
+    "Hugo",
+]
+LAST = [
+    "Schmidt",
+    "Dubois",
+    "Silva",
+    "Rossi",
+    "Novak",
+    "Kowalski",
+    "Haddad",
+    "Jensen",
+    "Moreau",
+    "Costa",
+    "Weber",
+    "Petrov",
+    "Nakamura",
+    "Garcia",
+    "Lindqvist",
+    "Horvat",
+    "Okafor",
+    "Yilmaz",
+]
 HEADER = ["case_id", "name", "dob", "passport", "passport_issuer", "phone", "email"]
 
 SCHEMA = """format = "csv"
@@ -44,10 +82,22 @@ email = "email"
 """
 
 # The planted people that make the story.
-HANS = {"name": "Müller, Hans-Peter", "dob": "1980-02-03", "passport": "12AB34567",
-        "passport_issuer": "FRA", "phone": "+33 6 12 34 56 78", "email": ""}  # fmt: skip
-MOHAMMED = {"name": "Mohammed Al-Rashid", "dob": "1975-05-06", "passport": "",
-            "passport_issuer": "", "phone": "", "email": "m.alrashid@example.org"}  # fmt: skip
+HANS = {
+    "name": "Müller, Hans-Peter",
+    "dob": "1980-02-03",
+    "passport": "12AB34567",
+    "passport_issuer": "FRA",
+    "phone": "+33 6 12 34 56 78",
+    "email": "",
+}
+MOHAMMED = {
+    "name": "Mohammed Al-Rashid",
+    "dob": "1975-05-06",
+    "passport": "",
+    "passport_issuer": "",
+    "phone": "",
+    "email": "m.alrashid@example.org",
+}
 
 
 def _random_people(rng: random.Random, n: int, issuer: str, prefix: str) -> list[dict[str, str]]:
@@ -84,15 +134,36 @@ def write_demo_data(folder: Path, *, size: int = 400, seed: int = 7) -> dict[str
     fra[10] = {"case_id": "FRA-HPM", **HANS}
     fra[11] = {"case_id": "FRA-MAR", **MOHAMMED}
     deu = _random_people(rng, size, "DEU", "DEU")
-    deu[5] = {"case_id": "DEU-STOLEN-1", "name": "", "dob": "", "passport": "12 AB-34567",
-              "passport_issuer": "fr", "phone": "", "email": ""}  # fmt: skip
+    deu[5] = {
+        "case_id": "DEU-STOLEN-1",
+        "name": "",
+        "dob": "",
+        "passport": "12 AB-34567",
+        "passport_issuer": "fr",
+        "phone": "",
+        "email": "",
+    }
     bra = _random_people(rng, size, "BRA", "BRA")
-    bra[3] = {"case_id": "BRA-HPM", **HANS, "name": "HANS PETER MUELLER", "dob": "03.02.1980",
-              "passport": "", "passport_issuer": "", "phone": ""}  # fmt: skip
+    bra[3] = {
+        "case_id": "BRA-HPM",
+        **HANS,
+        "name": "HANS PETER MUELLER",
+        "dob": "03.02.1980",
+        "passport": "",
+        "passport_issuer": "",
+        "phone": "",
+    }
     usa = _random_people(rng, size // 2, "USA", "PAX")
     usa[7] = {"case_id": "PAX-0007", **HANS, "name": "Hans Peter Muller", "passport": "12AB34567"}
-    usa[8] = {"case_id": "PAX-0008", "name": "محمد الراشد", "dob": "06/05/1975", "passport": "",
-              "passport_issuer": "", "phone": "", "email": ""}  # fmt: skip
+    usa[8] = {
+        "case_id": "PAX-0008",
+        "name": "محمد الراشد",
+        "dob": "06/05/1975",
+        "passport": "",
+        "passport_issuer": "",
+        "phone": "",
+        "email": "",
+    }
     return {
         "schema": folder / "schema.toml",
         "FRA": _write(folder / "fra-watchlist.csv", fra),
@@ -136,9 +207,20 @@ def run_demo(say: Say, *, keep: Path | None = None, size: int = 400) -> bool:
             ]
             for code, dataset, category, flags in plans:
                 out = json.loads(
-                    fed.cli(code, "enroll", str(data[code]), "--dataset", dataset, "--schema", schema,
-                            "--category", category, *flags, "--json").stdout
-                )  # fmt: skip
+                    fed.cli(
+                        code,
+                        "enroll",
+                        str(data[code]),
+                        "--dataset",
+                        dataset,
+                        "--schema",
+                        schema,
+                        "--category",
+                        category,
+                        *flags,
+                        "--json",
+                    ).stdout
+                )
                 say(
                     f"  {code} {dataset}: {out['accepted']} records, {out['keys']} keys, "
                     f"{out['rejected']} rejected, {out['seconds']} s"
@@ -209,6 +291,62 @@ def run_demo(say: Say, *, keep: Path | None = None, size: int = 400) -> bool:
             )
             check("the planted passengers are flagged", {"PAX-0007", "PAX-0008"} <= set(flagged))
 
+            say("== Disclosure: USA asks FRA for the record behind its hit", "bold")
+            fra_hit = next(m for m in exact["matches"] if m["owner"] == "FRA")
+            asked = json.loads(
+                fed.cli(
+                    "USA",
+                    "disclosure",
+                    "request",
+                    fra_hit["match_id"],
+                    "--purpose",
+                    "case 2026/118: traveller on a watch list",
+                    "--legal-basis",
+                    "bilateral police cooperation agreement, art. 7",
+                    "--json",
+                ).stdout
+            )
+            say(f"  USA signed request {asked['request_id']} ({asked['status']})")
+            incoming = [
+                json.loads(line)
+                for line in fed.cli(
+                    "FRA", "disclosure", "list", "--incoming", "--json"
+                ).stdout.splitlines()
+            ]
+            case = next(c for c in incoming if c["request_id"] == asked["request_id"])
+            say(
+                f"  FRA officer sees: from {case['requester']}, purpose {case['purpose']!r}, record {case['dataset']}/{case['record_id']} (matched on {case['matched_on']})"
+            )
+            fed.cli(
+                "FRA",
+                "disclosure",
+                "approve",
+                asked["request_id"],
+                "--fields",
+                "name,dob",
+                "--json",
+            )
+            opened = json.loads(
+                fed.cli("USA", "disclosure", "show", asked["request_id"], "--json").stdout
+            )
+            say(
+                f"  USA opens (ML-KEM-768 + X25519 HPKE, FRA's signature verified): {opened['record']}"
+            )
+            check(
+                "the approved fields reach USA end to end, signed by FRA",
+                opened["status"] == "approved"
+                and opened["verified"]
+                and opened["record"].get("dob") == "1980-02-03",
+            )
+
+            say("== Audit: every bureau checks the hub's signed log", "bold")
+            for code in ("USA", "FRA"):
+                report = json.loads(fed.cli(code, "audit", "verify", "--json", check=False).stdout)
+                say(
+                    f"  {code}: log of {report['tree_size']} entries, {report['own_events_verified']}/{report['own_events']} own events included unaltered, witnesses {report['witnesses']}"
+                )
+                check(f"{code}'s audit verification passes", report["ok"])
+
             say("== Custodian failover", "bold")
             fed.stop("BRA")
             after = json.loads(
@@ -230,7 +368,10 @@ def run_demo(say: Say, *, keep: Path | None = None, size: int = 400) -> bool:
         leaked = [
             s for s in ("Hans", "MUELLER", "12AB34567", "Rashid", "alrashid") if s.encode() in blob
         ]
-        check(f"the hub's database holds no identifier ({len(blob):,} bytes searched)", not leaked)
+        check(
+            f"the hub's database holds no identifier and no disclosed value ({len(blob):,} bytes searched)",
+            not leaked,
+        )
     finally:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
