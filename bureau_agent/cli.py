@@ -347,6 +347,18 @@ def hub_serve(config_path: Path) -> None:
     hub_server.run(config_path)
 
 
+@hub_group.command("migrate")
+@click.option("--config", "-c", "config_path", required=True, type=click.Path(path_type=Path))
+@_handles_errors
+def hub_migrate(config_path: Path) -> None:
+    """Create or upgrade the hub's database schema (SQLite or PostgreSQL), then exit.
+
+    Safe to run again, and while other hub processes serve the same database."""
+    from hub import server as hub_server
+
+    click.echo(str(hub_server.migrate(config_path)))
+
+
 @main.group("agent")
 def agent_group() -> None:
     """The bureau agent daemon."""

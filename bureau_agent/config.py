@@ -10,6 +10,7 @@ phone_region = "FR"                         # default region for national phone 
 batch_size = 1000                           # elements per OPRF batch
 workers = 0                                 # CPU worker processes, 0 = one per core
 rpc_timeout = 30.0                          # seconds, every outgoing RPC
+metrics_listen = "127.0.0.1:9464"           # Prometheus endpoint; default: off
 
 [custodian]                                 # only on custodian bureaus
 share = "/etc/blindmatch/FRA/epoch-1.share.json"
@@ -57,6 +58,7 @@ class AgentConfig:
     batch_size: int = 1000
     workers: int = 0
     rpc_timeout: float = 30.0
+    metrics_listen: str = ""
     custodian: CustodianConfig | None = None
     source: Path | None = None
 
@@ -89,6 +91,10 @@ class AgentConfig:
         return self.state_dir / "address"
 
     @property
+    def metrics_address_file(self) -> Path:
+        return self.state_dir / "metrics-address"
+
+    @property
     def records_path(self) -> Path:
         return self.state_dir / "records.sqlite"
 
@@ -115,6 +121,7 @@ class AgentConfig:
         known = {
             "bureau", "federation", "credentials", "state_dir", "listen", "hub",
             "phone_region", "batch_size", "workers", "rpc_timeout", "custodian",
+            "metrics_listen",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -170,6 +177,7 @@ class AgentConfig:
             batch_size=batch_size,
             workers=number("workers", 0, int),
             rpc_timeout=number("rpc_timeout", 30.0, float),
+            metrics_listen=text("metrics_listen", ""),
             custodian=custodian,
             source=source,
         )

@@ -9,7 +9,8 @@ Rules it enforces before any scalar multiplication:
 * 1 to `max_batch` blinded elements, each a canonical non-identity encoding
   (INVALID_ARGUMENT naming the index);
 * the caller's quota of elements (a token bucket per bureau): excess gets
-  RESOURCE_EXHAUSTED with a `retry-after-ms` trailer, and is logged.
+  RESOURCE_EXHAUSTED with a `retry-after-ms` trailer, and is logged and
+  counted (`blindmatch_custodian_quota_refusals_total`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from blindmatch.v1 import audit_pb2, custodian_pb2, custodian_pb2_grpc
 from bureau_agent import pki, rpc, work
 from bureau_agent.audit_check import AuditChecker, head_from_proto, head_to_proto
 from bureau_agent.ceremony import CustodianShare
+from bureau_agent.metrics import AgentMetrics
 from bureau_agent.quota import TokenBuckets
 
 __all__ = ["CustodianService"]
@@ -45,8 +47,10 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
         max_batch: int = 4096,
         witness: AuditChecker | None = None,
         quota: TokenBuckets | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._quota = quota
+        self._metrics = metrics
         self._witness = witness
         self._share = share
         self._directory = directory
@@ -86,6 +90,8 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
         if self._quota is not None:
             refused = self._quota.take(caller.code, len(blinded))
             if refused is not None:
+                if self._metrics is not None:
+                    self._metrics.quota_refusals.labels(caller.code).inc()
                 log.warning(
                     "quota refusal",
                     extra={
@@ -113,6 +119,8 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
             )
         except Exception as exc:
             await rpc.abort_for(context, exc)
+        if self._metrics is not None:
+            self._metrics.evaluated_elements.labels(caller.code).inc(len(blinded))
         log.info(
             "evaluated batch",
             extra={"caller": caller.code, "elements": len(blinded), "epoch": request.epoch},

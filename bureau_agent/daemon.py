@@ -1,6 +1,10 @@
 """The agent daemon: custodian service (mutual TLS, when the bureau holds a
-share) and the local API (Unix socket), with health checking and a graceful
-shutdown on SIGTERM."""
+share) and the local API (Unix socket), with health checking, gRPC server
+reflection, a Prometheus metrics endpoint when `metrics_listen` is set, and a
+graceful shutdown on SIGTERM.
+
+Both servers count and time every RPC and refuse undecodable requests with
+INVALID_ARGUMENT (`bureau_agent.interceptors`)."""
 
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ from concurrent.futures import ProcessPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from blindmatch.v1 import agent_pb2_grpc, custodian_pb2_grpc
+from blindmatch.v1 import agent_pb2, agent_pb2_grpc, custodian_pb2, custodian_pb2_grpc
 from bureau_agent import ceremony, pki, rpc
 from bureau_agent.config import AgentConfig
 from bureau_agent.custodian import CustodianService
 from bureau_agent.disclosure_desk import DisclosureDesk
 from bureau_agent.local_api import AgentService
 from bureau_agent.logs import setup_logging
+from bureau_agent.metrics import AgentMetrics, MetricsEndpoint, enable_reflection, serve_metrics
 from bureau_agent.quota import TokenBuckets
 from bureau_agent.records import RecordStore
 from bureau_agent.tagging import ThresholdTagger
@@ -30,6 +35,8 @@ __all__ = ["run", "serve"]
 
 log = logging.getLogger("blindmatch.agent")
 GRACE_SECONDS = 5.0
+_AGENT = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+_CUSTODIAN = custodian_pb2.DESCRIPTOR.services_by_name["Custodian"].full_name
 
 
 async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
@@ -49,11 +56,18 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     store = RecordStore(config.records_path)
     servers: list[grpc.aio.Server] = []
     health_servicer = health.aio.HealthServicer()
+    metrics = AgentMetrics()
+    endpoint: MetricsEndpoint | None = None
+    if config.metrics_listen:
+        endpoint = serve_metrics(metrics.registry, config.metrics_listen)
+        pki.write_private_file(config.metrics_address_file, f"{endpoint.address}\n".encode())
 
     custodian_service: CustodianService | None = None
     if config.custodian is not None:
         share = ceremony.load_share(config.custodian.share, directory.get(), config.bureau)
-        custodian_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
+        custodian_server = grpc.aio.server(
+            options=rpc.CHANNEL_OPTIONS, interceptors=metrics.rpc.interceptors()
+        )
         custodian_service = CustodianService(
             share,
             directory.get,
@@ -62,9 +76,11 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             quota=TokenBuckets(
                 config.custodian.quota_elements_per_second, config.custodian.quota_burst
             ),
+            metrics=metrics,
         )
         custodian_pb2_grpc.add_CustodianServicer_to_server(custodian_service, custodian_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, custodian_server)
+        enable_reflection(custodian_server, (_CUSTODIAN, health.SERVICE_NAME))
         port = custodian_server.add_secure_port(config.listen, config.tls.server_credentials())
         if port == 0:
             raise pki.PkiError(f"cannot listen on {config.listen}")
@@ -82,7 +98,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         )
 
     tagger = ThresholdTagger(directory, config.tls, executor, rpc_timeout=config.rpc_timeout)
-    agent = AgentService(config, directory, tagger, store)
+    agent = AgentService(config, directory, tagger, store, metrics=metrics)
     if config.signing_key_path.exists() and all(p.exists() for p in config.hpke_key_paths):
         mlkem_path, x25519_path = config.hpke_key_paths
         agent.attach_desk(
@@ -98,9 +114,12 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         )
     if custodian_service is not None:
         custodian_service.attach_witness(agent.audit)
-    local_server = grpc.aio.server(options=rpc.CHANNEL_OPTIONS)
+    local_server = grpc.aio.server(
+        options=rpc.CHANNEL_OPTIONS, interceptors=metrics.rpc.interceptors()
+    )
     agent_pb2_grpc.add_AgentServicer_to_server(agent, local_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, local_server)
+    enable_reflection(local_server, (_AGENT, health.SERVICE_NAME))
     if config.socket_path.exists():
         config.socket_path.unlink()
     local_server.add_insecure_port(f"unix:{config.socket_path}")
@@ -118,6 +137,9 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     store.close()
     executor.shutdown(cancel_futures=True)
     config.socket_path.unlink(missing_ok=True)
+    if endpoint is not None:
+        endpoint.stop()
+        config.metrics_address_file.unlink(missing_ok=True)
     log.info("stopped")
 
 

@@ -133,14 +133,22 @@ class DisclosureDesk:
         )
         return case
 
-    def list_stream(self, incoming: bool, outgoing: bool, follow: bool) -> Any:
+    def list_stream(
+        self, incoming: bool, outgoing: bool, follow: bool, *, after_sequence: int = 0
+    ) -> Any:
+        """Cases changed after `after_sequence`.  Without `follow` the listing has
+        a deadline; with it none, as it waits for changes (keepalive notices a
+        dead connection; the caller reconnects)."""
         direction = disclosure_pb2.ListDisclosuresRequest.DIRECTION_BOTH
         if incoming and not outgoing:
             direction = disclosure_pb2.ListDisclosuresRequest.DIRECTION_INCOMING
         elif outgoing and not incoming:
             direction = disclosure_pb2.ListDisclosuresRequest.DIRECTION_OUTGOING
         return self._stub().List(
-            disclosure_pb2.ListDisclosuresRequest(direction=direction, follow=follow)
+            disclosure_pb2.ListDisclosuresRequest(
+                direction=direction, follow=follow, after_sequence=after_sequence
+            ),
+            timeout=None if follow else self._timeout,
         )
 
     def describe(self, case: disclosure_pb2.DisclosureCase) -> agent_pb2.LocalDisclosure:

@@ -4,6 +4,23 @@ The servicer is a thin shell: files are read by `ingest`, identifiers become
 match keys in `psi.identifiers`, tags come from `ThresholdTagger`, and the
 hub is reached through its generated stub.  Data flows one way:
 file -> normalize -> blind -> evaluate -> finalize -> hub.
+
+Deadlines of the calls to the hub:
+* unary calls: `rpc_timeout`;
+* the Enroll and BulkMatch streams have no overall deadline (a file may hold
+  millions of records) but an inactivity one: each message must be accepted,
+  and each bulk batch answered, within `rpc_timeout`; the hub's final answer
+  to an enrollment (its commit) within `COMMIT_TIMEOUT_FACTOR * rpc_timeout`;
+* listings of notices and disclosure cases: `rpc_timeout` without --follow;
+  with --follow none, as waiting for the next item is the point: a dead
+  connection is noticed by HTTP/2 keepalive, and the stream reconnects.
+
+Follow streams survive a hub restart (or a move: the address is re-read from
+the directory on each attempt): on UNAVAILABLE, or when the hub ends the
+stream because it shuts down, the agent reconnects with exponential backoff
+and resumes after the last sequence it delivered, so no notice or case is
+lost or repeated.  Hub reads are retried the same way (`bureau_agent.retry`);
+enrollments, updates, queries and disclosure decisions are not.
 """
 
 from __future__ import annotations
@@ -13,9 +30,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,11 +45,12 @@ from blindmatch.v1 import (
     hub_pb2,
     hub_pb2_grpc,
 )
-from bureau_agent import ingest, pki, rpc
+from bureau_agent import ingest, pki, retry, rpc
 from bureau_agent.audit_check import AuditChecker
 from bureau_agent.config import AgentConfig
 from bureau_agent.disclosure_desk import DisclosureDesk
 from bureau_agent.keytypes import key_type_to_proto
+from bureau_agent.metrics import AgentMetrics
 from bureau_agent.records import EnrollmentWriter, RecordStore
 from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
 from psi import audit
@@ -44,6 +62,11 @@ __all__ = ["AgentService"]
 log = logging.getLogger("blindmatch.agent")
 
 IN_FLIGHT = 4  # OPRF batches tagged concurrently per enrollment (keeps both cores busy)
+COMMIT_TIMEOUT_FACTOR = 10  # the hub's commit of a large version takes longer than one message
+# A follow stream reconnects after these (and after the hub ends it to shut down).
+_RECONNECT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,8 +90,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         directory: pki.DirectoryCache,
         tagger: ThresholdTagger,
         store: RecordStore,
+        *,
+        metrics: AgentMetrics | None = None,
+        backoff: retry.Backoff = retry.DEFAULT_BACKOFF,
     ) -> None:
         self._config = config
+        self._metrics = metrics or AgentMetrics()
+        self._backoff = backoff
         self._directory = directory
         self._tagger = tagger
         self._store = store
@@ -128,7 +156,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             self._hub_channel = grpc.aio.secure_channel(
-                address, self._config.tls.channel_credentials(), options=rpc.CHANNEL_OPTIONS
+                address,
+                self._config.tls.channel_credentials(),
+                options=[*rpc.CHANNEL_OPTIONS, *retry.RECONNECT_OPTIONS],
             )
             self._hub_address = address
         return hub_pb2_grpc.HubStub(self._hub_channel)
@@ -141,6 +171,54 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     @property
     def _timeout(self) -> float:
         return self._config.rpc_timeout
+
+    async def _within(self, seconds: float, what: str, work: Awaitable[T]) -> T:
+        """`work`, or DEADLINE_EXCEEDED naming `what` after `seconds` without an answer."""
+        try:
+            async with asyncio.timeout(seconds):
+                return await work
+        except TimeoutError:
+            raise rpc.RpcAbort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"hub: {what} within {seconds:g} s"
+            ) from None
+
+    async def _resumable(
+        self, open_stream: Callable[[int], Any], after: int, follow: bool, what: str
+    ) -> AsyncIterator[Any]:
+        """Items (with a `sequence`) of a hub stream opened by `open_stream(after)`.
+        Without `follow`, one pass.  With `follow`, reconnect with backoff
+        whenever the stream breaks or the hub ends it, after the last sequence
+        delivered, until the caller goes away."""
+        delays: Iterator[float] | None = None
+        while True:
+            opened = time.monotonic()
+            try:
+                async for item in open_stream(after):
+                    if item.sequence <= after:
+                        continue  # delivered before a reconnect
+                    after = item.sequence
+                    delays = None
+                    yield item
+                if not follow:
+                    return
+                reason = "the hub ended the stream"
+            except grpc.aio.AioRpcError as exc:
+                if not follow or exc.code() not in _RECONNECT:
+                    raise
+                reason = f"{exc.code().name}: {exc.details()}"
+            if delays is None or time.monotonic() - opened > self._backoff.maximum:
+                delays = self._backoff.delays()
+            delay = next(delays)
+            log.warning(
+                "hub stream interrupted; resuming",
+                extra={
+                    "stream": what,
+                    "after_sequence": after,
+                    "reason": reason,
+                    "retry_in_s": round(delay, 3),
+                },
+            )
+            await asyncio.sleep(delay)
 
     async def _guard(
         self, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[Any]
@@ -185,6 +263,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         except BlindmatchError as exc:
             await rpc.abort_for(context, exc)
 
+    async def _send(self, call: Any, message: Any) -> None:
+        await self._within(
+            self._timeout, "did not accept the next message of the stream", _write(call, message)
+        )
+
     async def _enroll(
         self, request: agent_pb2.LocalEnrollRequest, schema: ingest.Schema
     ) -> AsyncIterator[agent_pb2.LocalEnrollEvent]:
@@ -200,8 +283,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         digest = hashlib.sha256()
         tag_count = 0
         hub = self._hub()
-        call = hub.Enroll(timeout=None)
-        await _write(
+        call = hub.Enroll(timeout=None)  # no overall deadline: see the module's notes
+        await self._send(
             call,
             hub_pb2.EnrollRequest(
                 header=hub_pb2.EnrollHeader(
@@ -240,7 +323,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         digest.update(key.tag + key.handle + bytes([key.key_type]))
                     tag_count += len(keys)
                     if keys:
-                        await _write(call, hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=keys)))
+                        await self._send(
+                            call, hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=keys))
+                        )
                     for r in batch.rejections:
                         yield agent_pb2.LocalEnrollEvent(rejection=_rejection(r))
                     yield agent_pb2.LocalEnrollEvent(
@@ -252,20 +337,27 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                             bytes_total=total_bytes,
                         )
                     )
-                await _write(
+                await self._send(
                     call,
                     hub_pb2.EnrollRequest(
                         trailer=hub_pb2.EnrollTrailer(tag_count=tag_count, digest=digest.digest())
                     ),
                 )
                 await call.done_writing()
-                response: hub_pb2.EnrollResponse = await call
+                commit_timeout = COMMIT_TIMEOUT_FACTOR * self._timeout
+                response: hub_pb2.EnrollResponse = await self._within(
+                    commit_timeout,
+                    "did not acknowledge the enrollment (it may still commit: check "
+                    "`blindmatch datasets` before enrolling again with --replace)",
+                    _response(call),
+                )
             except BaseException:
                 for _, task in pending:
                     task.cancel()
                 call.cancel()
                 raise
             await asyncio.to_thread(writer.commit, response.version)
+            self._metrics.enrolled_tags.inc(response.tag_count)
             self._audit_event(
                 response.audit_index,
                 audit.EntryKind.ENROLLMENT,
@@ -361,6 +453,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         except InvalidRecordError as exc:
             raise InvalidInputError(str(exc)) from None
         tags = await self._tagger.tag([k.oprf_input for k in keys])
+        self._metrics.queried_tags.inc(len(tags))
         reply: hub_pb2.QueryResponse = await self._hub().Query(
             hub_pb2.QueryRequest(
                 epoch=self._tagger.epoch.epoch,
@@ -403,7 +496,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         total_bytes = os.path.getsize(request.path) if os.path.exists(request.path) else 0
         summary = ingest.Summary(file=request.path)
         batches = _read_batches(request.path, schema, None, summary, self._config.batch_size)
-        call = self._hub().BulkMatch(timeout=None)
+        call = self._hub().BulkMatch(timeout=None)  # no overall deadline: see the module's notes
         pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
         exhausted = False
         batch_id = 0
@@ -431,7 +524,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     yield agent_pb2.LocalMatchEvent(rejection=_rejection(r))
                 if tags:
                     batch_id += 1
-                    await _write(
+                    self._metrics.queried_tags.inc(len(tags))
+                    await self._send(
                         call,
                         hub_pb2.BulkMatchRequest(
                             batch_id=batch_id,
@@ -443,7 +537,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                             include_own=request.include_own,
                         ),
                     )
-                    answer = await call.read()
+                    answer = await self._within(
+                        self._timeout, f"did not answer bulk batch {batch_id}", call.read()
+                    )
                     if not isinstance(answer, hub_pb2.BulkMatchResponse) or (
                         answer.batch_id != batch_id
                     ):
@@ -492,16 +588,22 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.LocalHitsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[common_pb2.Notice]:
         cursor = 0 if request.all else int(self._store.get_state("notice_cursor", "0"))
-        try:
-            stream = self._hub().WatchNotices(
-                hub_pb2.WatchNoticesRequest(after_sequence=cursor, follow=request.follow)
+
+        def open_stream(after: int) -> Any:
+            return self._hub().WatchNotices(
+                hub_pb2.WatchNoticesRequest(after_sequence=after, follow=request.follow),
+                timeout=None if request.follow else self._timeout,
             )
-            async for notice in stream:
+
+        try:
+            async for notice in self._resumable(open_stream, cursor, request.follow, "notices"):
                 yield notice
                 if notice.sequence > int(self._store.get_state("notice_cursor", "0")):
                     self._store.set_state("notice_cursor", str(notice.sequence))
         except grpc.aio.AioRpcError as exc:
             await context.abort(exc.code(), f"hub: {exc.details()}")
+        except BlindmatchError as exc:
+            await rpc.abort_for(context, exc)
 
     async def ListDatasets(
         self,
@@ -509,7 +611,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> agent_pb2.LocalListDatasetsResponse:
         reply: hub_pb2.ListDatasetsResponse = await self._guard(
-            context, self._hub().ListDatasets(hub_pb2.ListDatasetsRequest(), timeout=self._timeout)
+            context,
+            retry.call_idempotent(
+                lambda: self._hub().ListDatasets(
+                    hub_pb2.ListDatasetsRequest(), timeout=self._timeout
+                ),
+                what="ListDatasets",
+                backoff=self._backoff,
+            ),
         )
         return agent_pb2.LocalListDatasetsResponse(datasets=list(reply.datasets))
 
@@ -579,9 +688,15 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[agent_pb2.LocalDisclosure]:
         try:
-            stream = self.desk.list_stream(request.incoming, request.outgoing, request.follow)
-            async for case in stream:
-                yield self.desk.describe(case)
+            desk = self.desk
+
+            def open_stream(after: int) -> Any:
+                return desk.list_stream(
+                    request.incoming, request.outgoing, request.follow, after_sequence=after
+                )
+
+            async for case in self._resumable(open_stream, 0, request.follow, "disclosures"):
+                yield desk.describe(case)
         except grpc.aio.AioRpcError as exc:
             await context.abort(exc.code(), f"hub: {exc.details()}")
         except BlindmatchError as exc:
@@ -593,7 +708,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> agent_pb2.LocalDisclosure:
         async def work() -> agent_pb2.LocalDisclosure:
-            return self.desk.describe(await self.desk.get(request.request_id))
+            desk = self.desk
+            case = await retry.call_idempotent(
+                lambda: desk.get(request.request_id), what="disclosure Get", backoff=self._backoff
+            )
+            return desk.describe(case)
 
         result: agent_pb2.LocalDisclosure = await self._guard(context, work())
         return result
@@ -662,6 +781,11 @@ async def _write(call: Any, message: Any) -> None:
     except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
         await call  # raises AioRpcError with the server's status and message
         raise
+
+
+async def _response(call: Any) -> Any:
+    """The final response of a client-streaming call."""
+    return await call
 
 
 def _rejection(r: ingest.Rejection) -> agent_pb2.RowRejection:

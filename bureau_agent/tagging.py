@@ -7,6 +7,13 @@ is re-asked of a new participant set (the Lagrange weights depend on the set,
 so the remaining custodians are asked again too).  With n custodians the
 batch succeeds while at least t of them are honest and reachable; otherwise
 `CustodiansUnavailable` names every custodian and what went wrong with it.
+
+Retries: Evaluate is idempotent, so when fewer than t custodians are left
+and some of the excluded ones failed only transiently (UNAVAILABLE, or
+RESOURCE_EXHAUSTED with a short `retry-after-ms`), they are asked again
+after an exponential backoff, a few rounds at most.  A custodian whose
+answer failed verification is never asked again for that batch, and a
+deadline that passed is not retried (it already cost a whole deadline).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from blindmatch.v1 import custodian_pb2, custodian_pb2_grpc
-from bureau_agent import pki, rpc, work
+from bureau_agent import pki, retry, rpc, work
 from psi import threshold
 from psi.errors import BlindmatchError
 
@@ -67,12 +74,16 @@ class ThresholdTagger:
         *,
         rpc_timeout: float = 30.0,
         epoch: int | None = None,
+        backoff: retry.Backoff = retry.DEFAULT_BACKOFF,
+        retry_rounds: int = 3,
     ) -> None:
         self._directory = directory
         self._tls = tls
         self._executor = executor
         self._timeout = rpc_timeout
         self._epoch = epoch
+        self._backoff = backoff
+        self._retry_rounds = retry_rounds
         self._custodians: dict[str, _Custodian] = {}
         self._credentials: grpc.ChannelCredentials | None = None
         self._closing: set[asyncio.Future[None]] = set()
@@ -111,7 +122,9 @@ class ThresholdTagger:
             if self._credentials is None:
                 self._credentials = self._tls.channel_credentials()
             custodian.channel = grpc.aio.secure_channel(
-                custodian.address, self._credentials, options=rpc.CHANNEL_OPTIONS
+                custodian.address,
+                self._credentials,
+                options=[*rpc.CHANNEL_OPTIONS, *retry.RECONNECT_OPTIONS],
             )
         return custodian.channel
 
@@ -156,8 +169,28 @@ class ThresholdTagger:
         custodians = self._refresh(entry)
         public = _public_shares(entry)
         excluded: dict[str, str] = {}
+        transient: dict[str, float] = {}  # code -> the wait it asked for (0: none)
+        delays = self._backoff.delays()
+        rounds = 0
         while True:
             chosen = self._choose(custodians, set(excluded), entry.threshold)
+            if len(chosen) < entry.threshold and transient and rounds < self._retry_rounds:
+                rounds += 1
+                delay = max(next(delays), *transient.values())
+                log.info(
+                    "retrying custodians after transient errors",
+                    extra={
+                        "custodians": ",".join(sorted(transient)),
+                        "round": rounds,
+                        "retry_in_s": round(delay, 3),
+                    },
+                )
+                await asyncio.sleep(delay)
+                for code in transient:
+                    excluded.pop(code, None)
+                transient.clear()
+                self.stats.retries += 1
+                continue
             if len(chosen) < entry.threshold:
                 details = "; ".join(f"{code}: {why}" for code, why in sorted(excluded.items()))
                 raise CustodiansUnavailable(
@@ -173,6 +206,9 @@ class ThresholdTagger:
             for custodian, answer in zip(chosen, answers, strict=True):
                 if isinstance(answer, BaseException):
                     self._fail(custodian, _describe(answer), excluded)
+                    wait = self._transient_wait(answer)
+                    if wait is not None:
+                        transient[custodian.code] = wait
                 else:
                     partials.append(answer)
             if len(partials) == len(chosen):
@@ -195,6 +231,16 @@ class ThresholdTagger:
                 for index, why in finished.bad.items():
                     self._fail(by_index[index], f"invalid answer: {why}", excluded)
             self.stats.retries += 1
+
+    def _transient_wait(self, exc: BaseException) -> float | None:
+        """How long to wait before asking again after `exc`, or None when
+        asking again would not help."""
+        if not isinstance(exc, grpc.aio.AioRpcError) or exc.code() not in retry.TRANSIENT:
+            return None
+        hinted = retry.retry_after(exc)
+        if hinted is not None and hinted > self._backoff.maximum:
+            return None
+        return hinted or 0.0
 
     def _fail(self, custodian: _Custodian, why: str, excluded: dict[str, str]) -> None:
         excluded[custodian.code] = why

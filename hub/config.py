@@ -3,7 +3,11 @@
     listen = "0.0.0.0:7443"                  # host:port; port 0 = any free port
     credentials = "/etc/blindmatch/hub"      # folder with tls.crt, tls.key, ca.crt, or
                                              # tls_cert, tls_key, ca_cert: the three files
-    database = "/var/lib/blindmatch/hub.sqlite"
+    store = "sqlite"                         # or "postgres" (default: sqlite)
+    database = "/var/lib/blindmatch/hub.sqlite"  # the SQLite file (store = "sqlite" only)
+    postgres_dsn = "host=db.example dbname=blindmatch user=hub"  # libpq connection string
+                                             # or URI (store = "postgres" only); a password
+                                             # is better kept in ~/.pgpass or PGPASSWORD
     federation = "/etc/blindmatch/federation"  # optional: directory.json + ca/ca.crt;
                                              # when set, only bureaus it lists (and whose
                                              # certificates it does not revoke) are served,
@@ -16,7 +20,7 @@
     max_disclosure_days = 90                 # the longest a disclosure request stays open
     max_tags_per_request = 10000             # tags (or keys) per request, batch or update
     grace_period = 10.0                      # seconds in-flight RPCs get on SIGTERM/SIGINT
-    reader_threads = 4                       # SQLite reader connections
+    reader_threads = 4                       # reader connections (SQLite or PostgreSQL)
 
 Relative paths are relative to the configuration file's folder.
 """
@@ -32,7 +36,9 @@ from typing import Any
 from bureau_agent import pki
 from hub.errors import ConfigError
 
-__all__ = ["HubConfig"]
+__all__ = ["STORES", "HubConfig"]
+
+STORES = ("sqlite", "postgres")
 
 _TLS_FILES = ("tls_cert", "tls_key", "ca_cert")
 _DEFAULT_AUDIT_KEY = "audit-signing.key"
@@ -41,7 +47,9 @@ _KNOWN = frozenset(
         "listen",
         "credentials",
         *_TLS_FILES,
+        "store",
         "database",
+        "postgres_dsn",
         "federation",
         "address_file",
         "max_tags_per_request",
@@ -58,7 +66,7 @@ class HubConfig:
     """Everything `hub.server.serve` needs."""
 
     tls: pki.TlsFiles
-    database: Path
+    database: Path | None = None
     listen: str = "127.0.0.1:7443"
     federation: Path | None = None
     address_file: Path | None = None
@@ -67,6 +75,42 @@ class HubConfig:
     reader_threads: int = 4
     audit_key: Path | None = None
     max_disclosure_days: int = 90
+    store: str = "sqlite"
+    postgres_dsn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.store not in STORES:
+            raise ConfigError(f"store must be one of {', '.join(STORES)}, got {self.store!r}")
+        if self.store == "sqlite" and self.database is None:
+            raise ConfigError('database (the SQLite file) is required with store = "sqlite"')
+        if self.store == "postgres" and not self.postgres_dsn:
+            raise ConfigError(
+                'postgres_dsn is required with store = "postgres": a libpq connection string '
+                'such as "host=db.example dbname=blindmatch user=hub" or a postgresql:// URI'
+            )
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (store = "sqlite")."""
+        if self.database is None:
+            raise ConfigError('database (the SQLite file) is required with store = "sqlite"')
+        return self.database
+
+    @property
+    def dsn(self) -> str:
+        """The PostgreSQL connection string (store = "postgres")."""
+        if not self.postgres_dsn:
+            raise ConfigError('postgres_dsn is required with store = "postgres"')
+        return self.postgres_dsn
+
+    @property
+    def store_description(self) -> str:
+        """Where the hub keeps its data, safe to log (no password)."""
+        if self.store == "postgres" and self.postgres_dsn:
+            from hub.store_pg import describe_dsn  # psycopg only when it is used
+
+            return describe_dsn(self.postgres_dsn)
+        return f"sqlite {self.database}"
 
     @property
     def audit_key_path(self) -> Path | None:
@@ -155,13 +199,36 @@ class HubConfig:
                 f"{source}: credentials is required (a folder with tls.crt, tls.key, ca.crt), "
                 f"or all of {', '.join(_TLS_FILES)}"
             )
+        store = text("store", "sqlite")
+        if store not in STORES:
+            raise ConfigError(f"{source}: store must be one of {', '.join(STORES)}, got {store!r}")
+        if store == "sqlite":
+            if "postgres_dsn" in data:
+                raise ConfigError(f'{source}: postgres_dsn needs store = "postgres"')
+            database: Path | None = path("database")
+            dsn = None
+        else:
+            if "database" in data:
+                raise ConfigError(
+                    f'{source}: database names a SQLite file, which store = "postgres" does '
+                    "not use; remove it (the database is named in postgres_dsn)"
+                )
+            if "postgres_dsn" not in data:
+                raise ConfigError(
+                    f'{source}: postgres_dsn is required with store = "postgres": a libpq '
+                    'connection string such as "host=db.example dbname=blindmatch user=hub" '
+                    "or a postgresql:// URI"
+                )
+            database, dsn = None, text("postgres_dsn")
         listen = text("listen", "127.0.0.1:7443")
         host, colon, port = listen.rpartition(":")
         if not colon or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"{source}: listen must be host:port (port 0 = any), got {listen!r}")
         return cls(
             tls=tls,
-            database=path("database"),
+            database=database,
+            store=store,
+            postgres_dsn=dsn,
             listen=listen,
             federation=optional_path("federation"),
             address_file=optional_path("address_file"),

@@ -1,9 +1,12 @@
 """The hub daemon: a mutual-TLS grpc.aio server with the Hub, AuditLog,
-Disclosure and standard health-checking services, over a `SqliteTagStore`.
+Disclosure and standard health-checking services, over the store its
+configuration names (`SqliteTagStore`, or `PostgresTagStore` which several
+hub processes may share).
 
 `serve` runs until SIGTERM/SIGINT (or `stop` is set, or it is cancelled),
 then stops accepting calls, ends follow-mode notice streams, gives in-flight
-calls `grace_period` seconds and closes the store.
+calls `grace_period` seconds and closes the store.  `migrate` creates or
+upgrades the store's schema without serving (`serve` does it too).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -33,9 +37,9 @@ from hub.audit import TreeHeadSigner
 from hub.config import HubConfig
 from hub.errors import ConfigError
 from hub.service import AuditLogService, DisclosureService, HubService
-from hub.store import SqliteTagStore
+from hub.store import HubStore, SqliteTagStore
 
-__all__ = ["run", "serve"]
+__all__ = ["Migration", "migrate", "open_store", "run", "serve"]
 
 log = logging.getLogger("blindmatch.hub")
 
@@ -85,6 +89,49 @@ def _audit_key(config: HubConfig, directory: pki.DirectoryCache | None) -> Ed255
     return key
 
 
+async def open_store(config: HubConfig, *, auto_sweep: bool = True) -> HubStore:
+    """Open the store `config` names (creating or upgrading its schema)."""
+    if config.store == "postgres":
+        from hub.store_pg import PostgresTagStore  # psycopg only when it is used
+
+        return await PostgresTagStore.open(
+            config.dsn, readers=config.reader_threads, auto_sweep=auto_sweep
+        )
+    return await SqliteTagStore.open(
+        config.sqlite_path, readers=config.reader_threads, auto_sweep=auto_sweep
+    )
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What `migrate` did: the store and its schema version before and after
+    (0 before: the schema was created)."""
+
+    store: str
+    before: int
+    after: int
+
+    def __str__(self) -> str:
+        if self.before == self.after:
+            return f"{self.store}: schema version {self.after}, up to date"
+        if self.before == 0:
+            return f"{self.store}: schema version {self.after} created"
+        return f"{self.store}: schema upgraded from version {self.before} to {self.after}"
+
+
+def migrate(config_path: Path) -> Migration:
+    """Create or upgrade the schema of the store `config_path` names, without
+    serving; running it again changes nothing."""
+    config = HubConfig.load(config_path)
+    if config.store == "postgres":
+        from hub.store_pg import PostgresTagStore
+
+        before, after = PostgresTagStore.migrate(config.dsn)
+    else:
+        before, after = SqliteTagStore.migrate(config.sqlite_path)
+    return Migration(config.store_description, before, after)
+
+
 @contextlib.contextmanager
 def _signals(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
@@ -117,7 +164,7 @@ async def serve(
     credentials = config.tls.server_credentials()
     message_bytes = max(_MIN_MESSAGE_BYTES, config.max_tags_per_request * _BYTES_PER_KEY)
     signer = TreeHeadSigner(_audit_key(config, directory))
-    store = await SqliteTagStore.open(config.database, readers=config.reader_threads)
+    store = await open_store(config)
     try:
         server = grpc.aio.server(
             options=[
@@ -161,7 +208,7 @@ async def serve(
             address = _bound_address(config.listen, port)
             if config.address_file is not None:
                 _write_address(config.address_file, address)
-            log.info("hub listening on %s (database %s)", address, config.database)
+            log.info("hub listening on %s (%s)", address, config.store_description)
             with _signals(stop):
                 if ready is not None:
                     ready(address)

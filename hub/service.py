@@ -13,6 +13,11 @@ after the last sequence it stored, and may read them all again from 0.
 Disclosure signatures are checked against the federation directory's keys
 when the hub has one (`federation` in its configuration); without it they
 are stored unchecked, for the other party's agent to verify.
+
+Quotas: with a `quota` (token buckets per bureau, `hub.quota_config`), each
+Query and each BulkMatch batch spends one token per tag; a lookup the bucket
+cannot pay for is refused with RESOURCE_EXHAUSTED and a `retry-after-ms`
+trailer, logged, counted and appended to the audit log as a quota refusal.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from blindmatch.v1 import (
     hub_pb2_grpc,
 )
 from bureau_agent import pki
+from bureau_agent.quota import TokenBuckets
 from hub import audit, disclosure, policy
 from hub.audit import TreeHeadSigner
 from hub.errors import (
@@ -47,6 +53,7 @@ from hub.errors import (
     PermissionDeniedError,
     StorageError,
 )
+from hub.metrics import HubMetrics
 from hub.policy import HANDLE_LENGTH, KEY_TYPE_CODES
 from hub.store import AuditStore, DisclosureStore, Enrollment, TagStore
 from psi.disclosure import (
@@ -56,7 +63,7 @@ from psi.disclosure import (
     verify_decision,
     verify_request,
 )
-from psi.errors import InvalidInputError, PeerError
+from psi.errors import BlindmatchError, InvalidInputError, PeerError
 from psi.identifiers import Strength
 from psi.merkle import leaf_hash
 
@@ -65,6 +72,15 @@ __all__ = ["AuditLogService", "DisclosureService", "HubService", "authenticate",
 log = logging.getLogger("blindmatch.hub")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class QuotaRefusal(BlindmatchError):
+    """A bureau asked for more lookups than its quota allows right now."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 # The one table from domain errors to status codes.  More specific first.
 _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -77,6 +93,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),  # LimitExceededError too
     (PeerError, grpc.StatusCode.INVALID_ARGUMENT),
     (StorageError, grpc.StatusCode.UNAVAILABLE),
+    (QuotaRefusal, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 _STRENGTHS = {
@@ -108,6 +125,9 @@ async def _abort(context: Context, exc: BaseException, where: str = "") -> NoRet
         message = f"internal error (reference {reference}); see the hub's log"
     else:
         message = f"{where}{exc}"
+    if isinstance(exc, QuotaRefusal):
+        retry_ms = int(min(exc.retry_after, 86_400) * 1000)
+        context.set_trailing_metadata((("retry-after-ms", str(retry_ms)),))
     await context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort always raises
 
@@ -149,10 +169,43 @@ class HubService(hub_pb2_grpc.HubServicer):
         *,
         max_tags_per_request: int = 10_000,
         directory: DirectorySource | None = None,
+        quota: TokenBuckets | None = None,
+        audit: AuditStore | None = None,
+        metrics: HubMetrics | None = None,
     ) -> None:
+        if quota is not None and audit is None:
+            raise ValueError("a hub quota needs the audit store: every refusal is audited")
         self._store = store
         self._max_tags = max_tags_per_request
         self._directory = directory
+        self._quota = quota
+        self._audit = audit
+        self._metrics = metrics
+
+    async def _spend(self, caller: str, tags: int, operation: str) -> None:
+        """Take `tags` tokens of the caller's bucket, or refuse (logged, audited)."""
+        if self._quota is None:
+            return
+        refused = self._quota.take(caller, tags)
+        if refused is None:
+            return
+        assert self._audit is not None  # noqa: S101 - checked in __init__
+        try:
+            index: int | str = await self._audit.record_quota_refusal(caller, operation)
+        except StorageError as exc:  # still refuse: a quota must not fail open
+            index = "not recorded"
+            log.error("quota refusal of %s could not be audited: %s", caller, exc)
+        if self._metrics is not None:
+            self._metrics.quota_refusals.labels(caller, operation).inc()
+        log.warning(
+            "quota refusal: %s asked %d tags (%s); retry after %.1f s; audit leaf %s",
+            caller,
+            tags,
+            operation,
+            refused.retry_after,
+            index,
+        )
+        raise QuotaRefusal(refused.message("tags"), refused.retry_after)
 
     # -- who is calling ---------------------------------------------------------
 
@@ -247,6 +300,8 @@ class HubService(hub_pb2_grpc.HubServicer):
                     result = await enrollment.commit(
                         message.trailer.tag_count, message.trailer.digest
                     )
+                    if self._metrics is not None:
+                        self._metrics.enrolled_tags.inc(result.tag_count)
                     return hub_pb2.EnrollResponse(
                         dataset=result.dataset,
                         version=result.version,
@@ -292,6 +347,8 @@ class HubService(hub_pb2_grpc.HubServicer):
             result = await self._store.update_dataset(
                 owner, name, epoch, add, [bytes(h) for h in request.remove_handles]
             )
+            if self._metrics is not None:
+                self._metrics.enrolled_tags.inc(result.added)
         except Exception as exc:
             await _abort(context, exc)
         return hub_pb2.UpdateDatasetResponse(
@@ -305,8 +362,17 @@ class HubService(hub_pb2_grpc.HubServicer):
         )
 
     async def _lookup(
-        self, requester: str, epoch: int, tags: Sequence[common_pb2.QueryTag], include_own: bool
+        self,
+        requester: str,
+        epoch: int,
+        tags: Sequence[common_pb2.QueryTag],
+        include_own: bool,
+        operation: str,
     ) -> tuple[list[common_pb2.Match], policy.QueryResult]:
+        policy.check_request_size(len(tags), self._max_tags, field="tags")
+        await self._spend(requester, len(tags), operation)
+        if self._metrics is not None:
+            self._metrics.queried_tags.inc(len(tags))
         result = await self._store.query(
             requester,
             policy.check_epoch(epoch),
@@ -320,7 +386,7 @@ class HubService(hub_pb2_grpc.HubServicer):
         try:
             requester = self._caller(context)
             matches, result = await self._lookup(
-                requester, request.epoch, request.tags, request.include_own
+                requester, request.epoch, request.tags, request.include_own, "query"
             )
         except Exception as exc:
             await _abort(context, exc)
@@ -341,7 +407,7 @@ class HubService(hub_pb2_grpc.HubServicer):
         async for request in request_iterator:
             try:
                 matches, result = await self._lookup(
-                    requester, request.epoch, request.tags, request.include_own
+                    requester, request.epoch, request.tags, request.include_own, "bulk_match"
                 )
             except Exception as exc:
                 await _abort(context, exc, where=f"batch_id {request.batch_id}: ")

@@ -3,9 +3,9 @@ transaction; entries free of tags and handles; signed tree heads and RFC 9162
 proofs that verify with `psi.merkle`; a log that survives restarts and
 `kill -9`.
 
-Store tests go through the `HubStore` protocol and the `open_store` fixture,
-parametrized by implementation (a PostgreSQL store joins by adding a
-parameter); tests that look at SQLite's files say so in their names.
+Store tests go through the `HubStore` protocol and the `open_store` fixture
+(`conftest.py`), and service tests through a `config` for the store under
+test: each runs on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -35,10 +34,11 @@ from hub.config import HubConfig
 from hub.errors import ConfigError, FailedPreconditionError, LimitExceededError
 from hub.policy import DatasetPolicy, EnrollSpec, TaggedKey
 from hub.server import serve
-from hub.store import HubStore, SqliteTagStore
+from hub.store import HubStore
 from psi import merkle
 from psi.audit import AuditEntry, EntryKind, decode_entry
 from psi.errors import InvalidInputError, VerifyError
+from tests.stores import CHILD_OPEN, StoreBackend
 from tests.test_hub_service import (
     BUREAUS,
     Federation,
@@ -57,17 +57,6 @@ from tests.test_hub_store import queries, run
 
 OpenStore = Callable[[], Awaitable[HubStore]]
 LINKABLE = DatasetPolicy(linkable=True)
-
-
-@pytest.fixture(params=["sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
-    """Opens the store under test (again, on the same data, when called twice)."""
-    assert request.param == "sqlite"
-
-    async def opener() -> HubStore:
-        return await SqliteTagStore.open(tmp_path / "hub.sqlite", auto_sweep=False)
-
-    return opener
 
 
 def with_store(open_store: OpenStore, scenario: Callable[[HubStore], Awaitable[None]]) -> None:
@@ -281,18 +270,16 @@ def test_tree_heads_are_signed_once_per_size_and_never_go_back_in_time(
         TreeHeadSigner(None).sign(3, log.root())
 
 
-# -- durability (SQLite, a real kill -9) -------------------------------------------------
+# -- durability (a real kill -9) ---------------------------------------------------------
 
-_CHILD = textwrap.dedent(
+_CHILD = CHILD_OPEN + textwrap.dedent(
     """
     import asyncio, os, sys
-    from pathlib import Path
     from hub.policy import DatasetPolicy, EnrollSpec, QueryTag, TaggedKey, digest_of
-    from hub.store import SqliteTagStore
     from psi.identifiers import KeyType
 
     async def main():
-        store = await SqliteTagStore.open(Path(sys.argv[1]), auto_sweep=False)
+        store = await open_store(sys.argv)
         spec = EnrollSpec("w", 1, DatasetPolicy(), replace=True)
         while True:
             ks = [TaggedKey(os.urandom(16), os.urandom(16), KeyType.VIN) for _ in range(300)]
@@ -308,14 +295,13 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_sqlite_kill_9_never_leaves_a_leaf_without_its_version(
-    open_store: OpenStore, tmp_path: Path
+def test_kill_9_never_leaves_a_leaf_without_its_version(
+    open_store: OpenStore, store_backend: StoreBackend
 ) -> None:
-    database = tmp_path / "hub.sqlite"
     acknowledged: list[tuple[int, int]] = []
     for kill_after in (3, 7, 11):
         with subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(database)],
+            [sys.executable, "-c", _CHILD, *store_backend.argv],
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).parent.parent,
@@ -346,8 +332,7 @@ def test_sqlite_kill_9_never_leaves_a_leaf_without_its_version(
             verify_log(await all_entries(store), size, root)
 
         with_store(open_store, after_crash)
-    with sqlite3.connect(database) as conn:
-        assert conn.execute("SELECT count(*) FROM staging").fetchone()[0] == 0
+    assert store_backend.scalar("SELECT count(*) FROM staging") == 0
 
 
 # -- the AuditLog service over gRPC ------------------------------------------------------
@@ -363,12 +348,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 
 @pytest.fixture
-def config(federation: Federation, tmp_path: Path) -> HubConfig:
-    return HubConfig(
-        tls=pki.TlsFiles.in_folder(federation.hub),
-        database=tmp_path / "hub.sqlite",
-        listen="127.0.0.1:0",
-        grace_period=2.0,
+def config(federation: Federation, tmp_path: Path, store_backend: StoreBackend) -> HubConfig:
+    return store_backend.configure(
+        HubConfig(
+            tls=pki.TlsFiles.in_folder(federation.hub),
+            database=tmp_path / "hub.sqlite",
+            listen="127.0.0.1:0",
+            grace_period=2.0,
+        )
     )
 
 

@@ -1,7 +1,7 @@
 """Consent-gated disclosure through the hub: the pure state machine and
 views (`hub.disclosure`), the store (parametrized by implementation), and
 the real Disclosure service on 127.0.0.1:0 with certificates and keys made
-by `bureau_agent.pki` and a real SQLite file."""
+by `bureau_agent.pki`, over a real SQLite file or PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from hub import disclosure
 from hub.config import HubConfig
 from hub.disclosure import Direction, Event, Status
 from hub.errors import AlreadyExistsError, FailedPreconditionError, PermissionDeniedError
-from hub.store import HubStore, SqliteTagStore
+from hub.store import HubStore
 from psi import merkle
 from psi.audit import EntryKind, decode_entry
 from psi.disclosure import (
@@ -48,6 +48,8 @@ from psi.disclosure import (
 )
 from psi.errors import InvalidInputError
 from psi.identifiers import KeyType
+from tests.pg import PostgresServer
+from tests.stores import StoreBackend
 from tests.test_hub_service import (
     BUREAUS,
     Federation,
@@ -282,17 +284,6 @@ def test_request_checks() -> None:
 OpenStore = Callable[[], Awaitable[HubStore]]
 
 
-@pytest.fixture(params=["sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
-    """Opens the store under test (again, on the same data, when called twice)."""
-    assert request.param == "sqlite"
-
-    async def opener() -> HubStore:
-        return await SqliteTagStore.open(tmp_path / "hub.sqlite", auto_sweep=False)
-
-    return opener
-
-
 def with_store(open_store: OpenStore, scenario: Callable[[HubStore], Awaitable[None]]) -> None:
     async def main() -> None:
         store = await open_store()
@@ -399,8 +390,9 @@ def test_store_cases_survive_a_restart(open_store: OpenStore) -> None:
     with_store(open_store, second)
 
 
-def test_sqlite_schema_1_database_is_upgraded(open_store: OpenStore, tmp_path: Path) -> None:
+def test_sqlite_schema_1_database_is_upgraded(tmp_path: Path) -> None:
     ks = store_keys(2)
+    open_store = StoreBackend("sqlite", str(tmp_path / "hub.sqlite"))
 
     async def before() -> list[bytes]:
         store = await open_store()
@@ -461,14 +453,16 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
 
 
 @pytest.fixture
-def config(fed: Fed, tmp_path: Path) -> HubConfig:
+def config(fed: Fed, tmp_path: Path, store_backend: StoreBackend) -> HubConfig:
     """A hub that checks signatures against the federation directory."""
-    return HubConfig(
-        tls=pki.TlsFiles.in_folder(fed.federation.hub),
-        database=tmp_path / "hub.sqlite",
-        listen="127.0.0.1:0",
-        federation=fed.federation.root,
-        grace_period=2.0,
+    return store_backend.configure(
+        HubConfig(
+            tls=pki.TlsFiles.in_folder(fed.federation.hub),
+            database=tmp_path / "hub.sqlite",
+            listen="127.0.0.1:0",
+            federation=fed.federation.root,
+            grace_period=2.0,
+        )
     )
 
 
@@ -502,7 +496,9 @@ async def listed(
     return [c async for c in stub.List(request, timeout=5)]
 
 
-def test_approval_reaches_the_requester_sealed(fed: Fed, config: HubConfig) -> None:
+def test_approval_reaches_the_requester_sealed(
+    fed: Fed, config: HubConfig, store_backend: StoreBackend, request: pytest.FixtureRequest
+) -> None:
     fra, deu = fed.keys["FRA"], fed.keys["DEU"]
     ks = keys(5)
     stored: dict[str, bytes] = {}
@@ -597,7 +593,12 @@ def test_approval_reaches_the_requester_sealed(fed: Fed, config: HubConfig) -> N
 
     run_disclosure(fed, config, scenario)
     # The hub's files hold the ciphertext, never the plaintext.
-    files = b"".join(p.read_bytes() for p in config.database.parent.glob("hub.sqlite*"))
+    if store_backend.kind == "sqlite":
+        paths = list(Path(store_backend.where).parent.glob("hub.sqlite*"))
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        paths = server.database_files(store_backend.where)
+    files = b"".join(p.read_bytes() for p in paths)
     assert stored["sealed"] in files
     for value in RECORD.values():
         assert value.encode() not in files

@@ -1,6 +1,7 @@
 """The hub end to end: the real server (`hub.server.serve`) on 127.0.0.1:0
-with certificates made by `bureau_agent.pki`, a real SQLite file, and
-grpc.aio clients for three bureaus."""
+with certificates made by `bureau_agent.pki`, a real store (a SQLite file,
+or a database on a real PostgreSQL server: `config` is parametrized over
+both), and grpc.aio clients for three bureaus."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from hub import policy
 from hub.config import HubConfig
 from hub.errors import ConfigError
 from hub.server import serve
+from tests.stores import StoreBackend
 
 PASSPORT = common_pb2.KEY_TYPE_PASSPORT
 PHONETIC = common_pb2.KEY_TYPE_PERSON_PHONETIC
@@ -52,13 +54,15 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 
 @pytest.fixture
-def config(federation: Federation, tmp_path: Path) -> HubConfig:
-    return HubConfig(
-        tls=pki.TlsFiles.in_folder(federation.hub),
-        database=tmp_path / "hub.sqlite",
-        listen="127.0.0.1:0",
-        address_file=tmp_path / "hub.address",
-        grace_period=2.0,
+def config(federation: Federation, tmp_path: Path, store_backend: StoreBackend) -> HubConfig:
+    return store_backend.configure(
+        HubConfig(
+            tls=pki.TlsFiles.in_folder(federation.hub),
+            database=tmp_path / "hub.sqlite",
+            listen="127.0.0.1:0",
+            address_file=tmp_path / "hub.address",
+            grace_period=2.0,
+        )
     )
 
 

@@ -1,8 +1,9 @@
 """The hub's pure domain (hub.policy) and its tag store.
 
 Store tests go through the `TagStore` protocol and the `open_store`
-fixture, parametrized by implementation: a PostgreSQL store joins by adding
-a parameter.  Tests that look at SQLite's files are marked as such by name.
+fixture (`conftest.py`), parametrized by implementation: each runs on
+SQLite and on PostgreSQL.  Tests that look at the tables read them through
+`StoreBackend.rows`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -31,9 +31,10 @@ from hub.errors import (
     PermissionDeniedError,
 )
 from hub.policy import DatasetPolicy, EnrollSpec, QueryTag, TaggedKey
-from hub.store import SqliteTagStore, TagStore
+from hub.store import TagStore
 from psi.errors import InvalidInputError
 from psi.identifiers import KeyType, Strength
+from tests.stores import CHILD_OPEN, StoreBackend
 
 T = TypeVar("T")
 OpenStore = Callable[[], Awaitable[TagStore]]
@@ -80,17 +81,6 @@ async def hit_indices(
 ) -> list[int]:
     result = await store.query(requester, epoch, queries(ks), include_own=own)
     return sorted(h.query_index for h in result.hits)
-
-
-@pytest.fixture(params=["sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
-    """Opens the store under test (again, on the same data, when called twice)."""
-    assert request.param == "sqlite"
-
-    async def opener() -> TagStore:
-        return await SqliteTagStore.open(tmp_path / "hub.sqlite", auto_sweep=False)
-
-    return opener
 
 
 def with_store(open_store: OpenStore, scenario: Callable[[TagStore], Awaitable[None]]) -> None:
@@ -303,6 +293,25 @@ def test_failed_enrollment_leaves_the_previous_version(open_store: OpenStore, fa
     with_store(open_store, scenario)
 
 
+def test_a_key_sent_twice_in_one_stream_is_stored_once(open_store: OpenStore) -> None:
+    ks, fresh = keys(BIG), keys(1)
+    again = [ks[0], *fresh, ks[BIG - 1], TaggedKey(ks[1].tag, ks[1].handle, KeyType.EMAIL)]
+
+    async def scenario(store: TagStore) -> None:
+        enrollment = await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy()))
+        await enrollment.add(ks)  # more than a chunk: written before the repeats come
+        await enrollment.add(again)
+        sent = [*ks, *again]
+        result = await enrollment.commit(len(sent), policy.digest_of(sent))
+        assert result.tag_count == BIG + 1
+        asked = queries([*ks[:3], *fresh])
+        hits = (await store.query("DEU", 1, asked, include_own=False)).hits
+        assert sorted(h.query_index for h in hits) == [0, 1, 2, 3]
+        assert {h.key_type for h in hits} == {KeyType.PASSPORT}  # the first key type sent
+
+    with_store(open_store, scenario)
+
+
 def test_first_enrollment_aborted_leaves_no_dataset(open_store: OpenStore) -> None:
     async def scenario(store: TagStore) -> None:
         enrollment = await store.begin_enrollment("FRA", EnrollSpec("w", 1, DatasetPolicy()))
@@ -375,14 +384,13 @@ def test_update_refusals(open_store: OpenStore) -> None:
     with_store(open_store, scenario)
 
 
-def test_sqlite_sweep_deletes_dead_generations_and_removed_keys(
-    open_store: OpenStore, tmp_path: Path
+def test_sweep_deletes_dead_generations_and_removed_keys(
+    open_store: OpenStore, store_backend: StoreBackend
 ) -> None:
     first, second = keys(BIG), keys(300)
 
     def rows() -> int:
-        with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
-            return int(conn.execute("SELECT count(*) FROM tags").fetchone()[0])
+        return int(store_backend.scalar("SELECT count(*) FROM tags"))
 
     async def scenario(store: TagStore) -> None:
         await enroll(store, "FRA", "w", first)
@@ -401,19 +409,17 @@ def test_sqlite_sweep_deletes_dead_generations_and_removed_keys(
     with_store(open_store, scenario)
 
 
-def test_sqlite_query_hits_are_recorded_as_matches(open_store: OpenStore, tmp_path: Path) -> None:
+def test_query_hits_are_recorded_as_matches(
+    open_store: OpenStore, store_backend: StoreBackend
+) -> None:
     ks = keys(3)
 
     async def scenario(store: TagStore) -> None:
         await enroll(store, "FRA", "w", ks)
         result = await store.query("DEU", 1, queries(ks[:2]), include_own=False)
-        with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
-            stored = conn.execute(
-                "SELECT hex(match_id), requester, owner, handle FROM matches ORDER BY handle"
-            ).fetchall()
-        assert sorted((m.upper(), r, o, h) for m, r, o, h in stored) == sorted(
-            (h.match_id.upper(), "DEU", "FRA", k.handle)
-            for h, k in zip(result.hits, ks, strict=False)
+        stored = store_backend.rows("SELECT match_id, requester, owner, handle FROM matches")
+        assert sorted((bytes(m).hex(), r, o, bytes(h)) for m, r, o, h in stored) == sorted(
+            (h.match_id, "DEU", "FRA", k.handle) for h, k in zip(result.hits, ks, strict=False)
         )
 
     with_store(open_store, scenario)
@@ -528,18 +534,16 @@ def test_notices_are_kept_and_wake_waiters(open_store: OpenStore) -> None:
     with_store(open_store, scenario)
 
 
-# -- durability (SQLite, a real kill -9) ---------------------------------------------------
+# -- durability (a real kill -9) ------------------------------------------------------------
 
-_CHILD = textwrap.dedent(
+_CHILD = CHILD_OPEN + textwrap.dedent(
     """
     import asyncio, os, sys
-    from pathlib import Path
     from hub.policy import DatasetPolicy, EnrollSpec, TaggedKey, digest_of
-    from hub.store import SqliteTagStore
     from psi.identifiers import KeyType
 
     async def main():
-        store = await SqliteTagStore.open(Path(sys.argv[1]), auto_sweep=False)
+        store = await open_store(sys.argv)
         committed = [TaggedKey(bytes([1]) * 15 + bytes([i]), os.urandom(16), KeyType.VIN)
                      for i in range(5)]
         staged = [TaggedKey(os.urandom(16), os.urandom(16), KeyType.VIN) for _ in range(6000)]
@@ -557,11 +561,11 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_sqlite_kill_9_keeps_acknowledged_and_drops_staged(
-    open_store: OpenStore, tmp_path: Path
+def test_kill_9_keeps_acknowledged_and_drops_staged(
+    open_store: OpenStore, store_backend: StoreBackend
 ) -> None:
     with subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tmp_path / "hub.sqlite")],
+        [sys.executable, "-c", _CHILD, *store_backend.argv],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
@@ -583,6 +587,6 @@ def test_sqlite_kill_9_keeps_acknowledged_and_drops_staged(
         assert (await enroll(store, "FRA", "w", keys(1), replace=True)).version == 2
 
     with_store(open_store, after_crash)
-    with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT count(*) FROM staging").fetchone()[0] == 0
+    if store_backend.kind == "sqlite":
+        assert store_backend.scalar("PRAGMA journal_mode") == "wal"
+    assert store_backend.scalar("SELECT count(*) FROM staging") == 0
