@@ -57,6 +57,8 @@ _KNOWN = frozenset(
         "reader_threads",
         "audit_key",
         "max_disclosure_days",
+        "quota",  # tables read by hub.quota_config
+        "metrics",
     }
 )
 

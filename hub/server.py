@@ -36,6 +36,8 @@ from bureau_agent import pki
 from hub.audit import TreeHeadSigner
 from hub.config import HubConfig
 from hub.errors import ConfigError
+from hub.metrics import Operations
+from hub.quota_config import OpsConfig
 from hub.service import AuditLogService, DisclosureService, HubService
 from hub.store import HubStore, SqliteTagStore
 
@@ -154,10 +156,12 @@ async def serve(
     *,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    ops: OpsConfig | None = None,
 ) -> None:
     """Run the hub until SIGTERM/SIGINT, `stop`, or cancellation; `ready` is
     called with the bound "host:port" once the server accepts calls."""
     stop = stop or asyncio.Event()
+    operations = Operations(ops or OpsConfig())
     directory = None
     if config.directory_path is not None and config.directory_ca is not None:
         directory = pki.DirectoryCache(config.directory_path, config.directory_ca)
@@ -167,6 +171,7 @@ async def serve(
     store = await open_store(config)
     try:
         server = grpc.aio.server(
+            interceptors=operations.interceptors(),
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
@@ -179,6 +184,9 @@ async def serve(
                 store,
                 max_tags_per_request=config.max_tags_per_request,
                 directory=directory_source,
+                quota=operations.quota,
+                audit=store,
+                metrics=operations.metrics,
             ),
             server,
         )
@@ -195,6 +203,7 @@ async def serve(
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        operations.start(server, (*_SERVICES, health.SERVICE_NAME))
         try:
             port = server.add_secure_port(config.listen, credentials)
         except RuntimeError as exc:
@@ -219,6 +228,7 @@ async def serve(
             await store.interrupt_waiters()
             await server.stop(config.grace_period)
     finally:
+        operations.stop()
         await store.close()
 
 
@@ -229,4 +239,4 @@ def run(config_path: Path) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, ops=OpsConfig.load(config_path)))
