@@ -142,6 +142,9 @@ def check(file: Path, schema_path: Path, strict: bool, as_json: bool) -> None:
 # --------------------------------------------------------------------------
 
 EXIT_FAILED = 1
+# Deadline of the CLI's unary calls to its agent, which bounds its own calls to
+# custodians and the hub; streams (enroll, match, follow) run until done.
+CLI_TIMEOUT = 120.0
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -483,7 +486,8 @@ def remove(
     if not handles and not record_ids:
         raise click.UsageError("name at least one HANDLE or --record-id")
     reply = _agent(config_path).Remove(
-        agent_pb2.LocalRemoveRequest(dataset=dataset, handles=handles, record_ids=record_ids)
+        agent_pb2.LocalRemoveRequest(dataset=dataset, handles=handles, record_ids=record_ids),
+        timeout=CLI_TIMEOUT,
     )
     out = {
         "removed_keys": reply.removed_keys,
@@ -547,7 +551,7 @@ def query(
     if not any((passport, idcard, person, phone, email, iban, vin)):
         raise click.UsageError("give at least one identifier (--passport, --person ... )")
     reply = _agent(config_path).Query(
-        agent_pb2.LocalQueryRequest(identifiers=ids, include_own=include_own)
+        agent_pb2.LocalQueryRequest(identifiers=ids, include_own=include_own), timeout=CLI_TIMEOUT
     )
     matches = [_match_json(m) for m in reply.matches]
     if as_json:
@@ -698,7 +702,9 @@ def hits(follow: bool, show_all: bool, config_path: Path, as_json: bool) -> None
 @_handles_errors
 def datasets(config_path: Path, as_json: bool) -> None:
     """Your datasets at the hub: version, epoch, tags, policy."""
-    reply = _agent(config_path).ListDatasets(agent_pb2.LocalListDatasetsRequest())
+    reply = _agent(config_path).ListDatasets(
+        agent_pb2.LocalListDatasetsRequest(), timeout=CLI_TIMEOUT
+    )
     rows = [
         {
             "name": d.name,
@@ -740,7 +746,7 @@ def datasets(config_path: Path, as_json: bool) -> None:
 @_handles_errors
 def status(config_path: Path, as_json: bool) -> None:
     """The agent's epoch, custodian role, and whether the hub and custodians answer."""
-    s = _agent(config_path).GetStatus(agent_pb2.LocalStatusRequest())
+    s = _agent(config_path).GetStatus(agent_pb2.LocalStatusRequest(), timeout=CLI_TIMEOUT)
     out = {
         "bureau": s.bureau,
         "epoch": s.epoch,
@@ -840,7 +846,8 @@ def disclosure_request(
     d = _agent(config_path).RequestDisclosure(
         agent_pb2.LocalDisclosureRequest(
             match_id=match_id, purpose=purpose, legal_basis=legal_basis, ttl_days=days
-        )
+        ),
+        timeout=CLI_TIMEOUT,
     )
     if as_json:
         click.echo(json.dumps(_disclosure_json(d)))
@@ -880,7 +887,7 @@ def disclosure_list(
 def disclosure_show(request_id: str, config_path: Path, as_json: bool) -> None:
     """One case: the owner sees the local record; the requester the opened record."""
     d = _agent(config_path).ShowDisclosure(
-        agent_pb2.LocalShowDisclosureRequest(request_id=request_id)
+        agent_pb2.LocalShowDisclosureRequest(request_id=request_id), timeout=CLI_TIMEOUT
     )
     if as_json:
         click.echo(json.dumps(_disclosure_json(d)))
@@ -898,7 +905,7 @@ def disclosure_approve(request_id: str, fields: str, config_path: Path, as_json:
     """Approve REQUEST_ID: seal the chosen fields to the requester and sign the decision."""
     names = [f.strip() for f in fields.split(",") if f.strip()]
     d = _agent(config_path).ApproveDisclosure(
-        agent_pb2.LocalApproveRequest(request_id=request_id, fields=names)
+        agent_pb2.LocalApproveRequest(request_id=request_id, fields=names), timeout=CLI_TIMEOUT
     )
     if as_json:
         click.echo(json.dumps(_disclosure_json(d)))
@@ -915,7 +922,7 @@ def disclosure_approve(request_id: str, fields: str, config_path: Path, as_json:
 def disclosure_deny(request_id: str, reason: str, config_path: Path, as_json: bool) -> None:
     """Deny REQUEST_ID with a reason (signed)."""
     d = _agent(config_path).DenyDisclosure(
-        agent_pb2.LocalDenyRequest(request_id=request_id, reason=reason)
+        agent_pb2.LocalDenyRequest(request_id=request_id, reason=reason), timeout=CLI_TIMEOUT
     )
     if as_json:
         click.echo(json.dumps(_disclosure_json(d)))
@@ -934,7 +941,7 @@ def audit() -> None:
 @_handles_errors
 def audit_verify(config_path: Path, as_json: bool) -> None:
     """Check the hub's signed log: consistency, your own events, other bureaus' view."""
-    r = _agent(config_path).VerifyAudit(agent_pb2.LocalVerifyAuditRequest())
+    r = _agent(config_path).VerifyAudit(agent_pb2.LocalVerifyAuditRequest(), timeout=CLI_TIMEOUT)
     out = {
         "ok": r.ok,
         "tree_size": r.tree_size,

@@ -1,5 +1,6 @@
-"""`blindmatch doctor`: check a bureau's installation and say what is wrong
-in words an operator can act on.
+"""`blindmatch doctor`: check a bureau's installation (configuration,
+directory, certificate, keys, share, agent, hub, clock skew, custodians) and
+say what is wrong in words an operator can act on.
 
 Each check is independent and reports ok / warning / failure with a detail;
 nothing is changed.
@@ -8,6 +9,7 @@ nothing is changed.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from psi.errors import BlindmatchError
 __all__ = ["Check", "run_doctor"]
 
 RENEW_WARNING_DAYS = 30
+WARN_SKEW_SECONDS = 2.0
+MAX_SKEW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -135,18 +139,41 @@ def run_doctor(config_path: Path) -> Iterator[Check]:
 
     credentials = config.tls.channel_credentials()
 
+    skew: list[float] = []
+
     def hub() -> str:
         address = config.hub or d.hub_address
         if not address:
             raise BlindmatchError("no hub address in the configuration or the directory")
         with grpc.secure_channel(address, credentials) as channel:
+            sent = time.time()
             status = hub_pb2_grpc.HubStub(channel).GetStatus(hub_pb2.GetStatusRequest(), timeout=5)
+            received = time.time()
+        if status.server_time_unix_ms:
+            # The hub read its clock somewhere inside the round trip.
+            skew.append(status.server_time_unix_ms / 1000 - (sent + received) / 2)
         if status.caller != config.bureau:
             raise BlindmatchError(f"the hub sees this bureau as {status.caller!r}")
         counts = f"{status.datasets} datasets, {status.tags:,} tags"
         return f"{address}: {counts}, sees us as {status.caller}"
 
     yield _check("hub", hub)
+
+    def clock() -> str:
+        if not skew:
+            raise _Warning("the hub did not report its time; skew not measured")
+        seconds = skew[0]
+        if abs(seconds) > MAX_SKEW_SECONDS:
+            direction = "behind" if seconds > 0 else "ahead of"
+            raise BlindmatchError(
+                f"this host's clock is {abs(seconds):.1f} s {direction} the hub's: fix NTP "
+                "(certificate validity and disclosure expiry depend on it)"
+            )
+        if abs(seconds) > WARN_SKEW_SECONDS:
+            raise _Warning(f"clock differs from the hub's by {seconds:+.1f} s; check NTP")
+        return f"within {abs(seconds):.2f} s of the hub's"
+
+    yield _check("clock skew", clock)
 
     entry = d.current_epoch
     if entry is None:

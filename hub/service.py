@@ -481,6 +481,7 @@ class HubService(hub_pb2_grpc.HubServicer):
             tags=stats.tags,
             epochs=list(stats.epochs),
             caller=caller,
+            server_time_unix_ms=int(time.time() * 1000),
         )
 
 

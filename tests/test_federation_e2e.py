@@ -299,7 +299,14 @@ def test_hub_refuses_missing_or_foreign_certificates(fed: LocalFederation, tmp_p
 def test_doctor_reports_a_healthy_installation(fed: LocalFederation) -> None:
     checks = {c["name"]: c for c in _json(fed.cli("FRA", "doctor", "--json"))}
     assert [n for n, c in checks.items() if c["status"] != "ok"] == []
-    assert {"TLS certificate", "bureau keys", "custodian share", "hub", "threshold"} <= set(checks)
+    assert {
+        "TLS certificate",
+        "bureau keys",
+        "custodian share",
+        "hub",
+        "clock skew",
+        "threshold",
+    } <= set(checks)
     assert checks["threshold"]["detail"].startswith("3 of 3 custodians answer")
     broken = fed.root / "broken.toml"
     broken.write_text(

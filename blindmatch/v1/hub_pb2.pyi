@@ -424,11 +424,14 @@ class HubStatus(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     EPOCHS_FIELD_NUMBER: _builtins.int
     CALLER_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     datasets: _builtins.int
     tags: _builtins.int
     caller: _builtins.str
     """the bureau code the hub read from the caller's certificate"""
+    server_time_unix_ms: _builtins.int
+    """the hub's clock, for `blindmatch doctor`'s skew check"""
     @_builtins.property
     def epochs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -439,10 +442,11 @@ class HubStatus(_message.Message):
         tags: _builtins.int = ...,
         epochs: _abc.Iterable[_builtins.int] | None = ...,
         caller: _builtins.str = ...,
+        server_time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "datasets", b"datasets", "epochs", b"epochs", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "datasets", b"datasets", "epochs", b"epochs", "server_time_unix_ms", b"server_time_unix_ms", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
