@@ -300,21 +300,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             request.dataset, epoch=epoch, category=request.category, policy=policy
         ) as writer:
             batches = _read_batches(request.path, schema, writer, summary, self._config.batch_size)
-            pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
-            exhausted = False
             try:
-                while pending or not exhausted:
-                    while not exhausted and len(pending) < IN_FLIGHT:
-                        batch = await asyncio.to_thread(next, batches, None)
-                        if batch is None:
-                            exhausted = True
-                            break
-                        inputs = [k.oprf_input for k in batch.keys]
-                        pending.append((batch, asyncio.create_task(self._tagger.tag(inputs))))
-                    if not pending:
-                        break
-                    batch, task = pending.pop(0)
-                    tags = await task
+                async for batch, tags in self._tagged(batches):
                     keys = [
                         common_pb2.TaggedKey(tag=t, handle=h, key_type=key_type_to_proto(k.type))
                         for t, h, k in zip(tags, batch.handles, batch.keys, strict=True)
@@ -352,8 +339,6 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     _response(call),
                 )
             except BaseException:
-                for _, task in pending:
-                    task.cancel()
                 call.cancel()
                 raise
             await asyncio.to_thread(writer.commit, response.version)
@@ -379,6 +364,28 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 new_notices=response.new_notices,
             )
         )
+
+    async def _tagged(self, batches: Iterator[_Batch]) -> AsyncIterator[tuple[_Batch, list[bytes]]]:
+        """Tag a file's batches in order, IN_FLIGHT at a time: reading the next
+        batch (in a thread) and tagging (custodians, worker processes) overlap.
+        Pending work is cancelled when the consumer stops early or fails."""
+        pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
+        exhausted = False
+        try:
+            while pending or not exhausted:
+                while not exhausted and len(pending) < IN_FLIGHT:
+                    batch = await asyncio.to_thread(next, batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    inputs = [k.oprf_input for k in batch.keys]
+                    pending.append((batch, asyncio.create_task(self._tagger.tag(inputs))))
+                if pending:
+                    batch, task = pending.pop(0)
+                    yield batch, await task
+        finally:
+            for _, task in pending:
+                task.cancel()
 
     # -- removal ----------------------------------------------------------
 
@@ -497,29 +504,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         summary = ingest.Summary(file=request.path)
         batches = _read_batches(request.path, schema, None, summary, self._config.batch_size)
         call = self._hub().BulkMatch(timeout=None)  # no overall deadline: see the module's notes
-        pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
-        exhausted = False
         batch_id = 0
-        hits = 0
         try:
-            while pending or not exhausted:
-                while not exhausted and len(pending) < IN_FLIGHT:
-                    batch = await asyncio.to_thread(next, batches, None)
-                    if batch is None:
-                        exhausted = True
-                        break
-                    pending.append(
-                        (
-                            batch,
-                            asyncio.create_task(
-                                self._tagger.tag([k.oprf_input for k in batch.keys])
-                            ),
-                        )
-                    )
-                if not pending:
-                    break
-                batch, task = pending.pop(0)
-                tags = await task
+            async for batch, tags in self._tagged(batches):
                 for r in batch.rejections:
                     yield agent_pb2.LocalMatchEvent(rejection=_rejection(r))
                 if tags:
@@ -552,7 +539,6 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     )
                     for match in answer.matches:
                         record_id, line = batch.rows[match.query_index]
-                        hits += 1
                         yield agent_pb2.LocalMatchEvent(
                             hit=agent_pb2.FileHit(record_id=record_id, line=line, match=match)
                         )
@@ -567,8 +553,6 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 )
             await call.done_writing()
         except BaseException:
-            for _, task in pending:
-                task.cancel()
             call.cancel()
             raise
         yield agent_pb2.LocalMatchEvent(
