@@ -609,6 +609,7 @@ async def latency_sweep(
     clients: int,
     hit_rate: float,
     profile: Callable[[str], Profiler],
+    hub_pid: int,
 ) -> dict[str, Any]:
     channels = [channel_for(federation, QUERIER, address, i) for i in range(clients)]
     for ch in channels:
@@ -640,10 +641,14 @@ async def latency_sweep(
                 continue
             gc.collect()
             label = f"{name.split()[0].split('.')[-1].lower()}_{int(rate)}"
+            client0, hub0, t0 = time.process_time(), proc_cpu_seconds(hub_pid), time.perf_counter()
             with profile(label) as prof, Foreign() as other:
                 step = await open_loop(channels, method, requests, rate, seconds,
                                        query_hits if is_query else None)  # fmt: skip
+            wall = time.perf_counter() - t0
             step["machine"] = other.result
+            step["client_cpu_cores"] = round((time.process_time() - client0) / wall, 2)
+            step["hub_cpu_cores"] = round((proc_cpu_seconds(hub_pid) - hub0) / wall, 2)
             if prof.enabled:
                 step["profile"] = prof.summary()
             if is_query:
@@ -962,7 +967,7 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
         quiet["latency"] = wait_for_quiet(args.wait_quiet)
         log(f"query latency, {args.clients} clients, open loop ...")
         sweep = latency_sweep(federation, address, keys, args.rates, args.step_seconds,
-                              args.clients, args.hit_rate, profile)  # fmt: skip
+                              args.clients, args.hit_rate, profile, hub.pid)  # fmt: skip
         latency = asyncio.run(sweep)
         memory["after_queries"] = proc_memory(hub.pid)
 
@@ -1165,7 +1170,7 @@ def render(r: dict[str, Any]) -> str:
             f"{_ok(peak <= TARGETS['rss_bytes'])}",
             "",
             f"  open-loop latency ({p['step_seconds']:.0f} s per step; held = p99 <= 10 ms, no errors, >= 99% on time)",
-            f"  {'call':<20}{'q/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'on time':>9}{'others':>8}  held",
+            f"  {'call':<20}{'q/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'on time':>9}{'hub':>6}{'client':>7}{'others':>7}  held",
         ]
         lat = s["latency"]
         for call in METHODS:
@@ -1173,7 +1178,8 @@ def render(r: dict[str, Any]) -> str:
                 lines.append(
                     f"  {call:<20}{step['offered_per_s']:>7,.0f}{step['p50_ms']:>9.2f}{step['p99_ms']:>9.2f}"
                     f"{step['max_ms']:>9.1f}{step['completed_on_time'] / step['sent']:>9.1%}"
-                    f"{_others(step):>8}  "
+                    f"{step.get('hub_cpu_cores', float('nan')):>6.2f}{step.get('client_cpu_cores', float('nan')):>7.2f}"
+                    f"{_others(step):>7}  "
                     f"{'yes' if step['held'] else 'no'}"
                 )
         q = lat["Hub.Query (1 tag)"]["highest_rate_held"]
@@ -1197,8 +1203,8 @@ def render(r: dict[str, Any]) -> str:
         if "postgres_pss" in m.get("after_bulk", {}):
             lines.append(f"  PostgreSQL server memory (PSS, all its processes): "
                          f"{m['after_bulk']['postgres_pss'] / 1e6:,.0f} MB")  # fmt: skip
-    lines.append("\n  (others = CPU cores used by processes outside this benchmark during the phase; "
-                 "the machine has 2)")
+    lines.append("\n  (hub, client = CPU cores the hub process and this load generator used; others = "
+                 "cores used by processes outside this benchmark during the phase; the machine has 2)")
     lines.append(f"wall time {r['wall_seconds']:.0f} s")
     return "\n".join(lines)
 
