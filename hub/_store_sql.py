@@ -126,8 +126,22 @@ class Db(Protocol):
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         """Every row of `tags` whose tag is one of `tags` (any dataset,
         generation or key type) with its tombstone, if any, ordered by (tag,
-        dataset_id, gen, handle).  SQLite: one index probe per tag;
-        PostgreSQL: one `= ANY(array)` query."""
+        dataset_id, gen, handle).  SQLite: one index probe per (dataset,
+        generation) that its `hub.locator` names for a tag; PostgreSQL: one
+        `= ANY(array)` query."""
+        ...
+
+    def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:
+        """Called before rows with these tags are written by a statement of
+        the shared SQL (`insert_staged` notes its own).  SQLite: adds them
+        to the locator; PostgreSQL: nothing."""
+        ...
+
+    def sweep_slice(self, after: int | None) -> tuple[str, tuple[object, ...], int] | None:
+        """The next slice of `tags` for one sweep transaction, after the one
+        `after` named (None: the first): (a condition on `tags` with `?`
+        placeholders, its arguments, this slice's name), or None when done.
+        SQLite: one dataset; PostgreSQL: 1/256 of the tag range."""
         ...
 
     def insert_staged(self, rows: Sequence[StagedRow]) -> int:
@@ -144,11 +158,9 @@ class Db(Protocol):
 
 
 # Keys per write transaction while staging: small enough that other
-# bureaus' writes interleave, large enough to amortize the fsync.
-_CHUNK = 5000
-# Sweep in 256 transactions, one per first byte of the tag: tags are
-# uniformly random, so each covers about 1/256 of the table.
-_SWEEP_RANGES = 256
+# bureaus' writes interleave (about 0.1 s each), large enough to amortize
+# the commit.
+_CHUNK = 20_000
 
 _REVEAL_OWNER, _REVEAL_CATEGORY, _LINKABLE = 1, 2, 4
 _QUERY_MATCH, _STANDING_MATCH = 0, 1
@@ -630,6 +642,7 @@ def _update(
             continue
         on_disk[(key.tag, key.handle)] = (version, None)
         added.append(key)
+    db.note_tags(d.id, d.gen, [row[0] for row in new_rows])
     db.executemany(
         "INSERT INTO tags (tag, dataset_id, gen, handle, key_type, added) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -776,30 +789,36 @@ def _take_sweep_flag(db: Db, written: _Written) -> bool:
     return row is not None and row[0] != 0
 
 
-def _sweep_range(db: Db, written: _Written, *, index: int) -> int:
-    low = bytes([index])
-    high = bytes([index + 1]) if index + 1 < _SWEEP_RANGES else b"\xff" * 17
+def _sweep_slice(db: Db, written: _Written, *, after: int | None) -> tuple[int, int | None]:
+    """Delete the garbage of one slice of `tags`; (rows deleted, the slice's
+    name, None once every slice is done)."""
+    found = db.sweep_slice(after)
+    if found is None:
+        return 0, None
+    where, args, name = found
     # Hidden rows of live generations are still counted in tag_count.
     for dataset_id, count in db.execute(
-        "SELECT t.dataset_id, count(*) FROM tags t "
-        "JOIN datasets d ON d.id = t.dataset_id AND d.gen = t.gen "
-        "JOIN removed r ON r.dataset_id = t.dataset_id AND r.gen = t.gen AND r.handle = t.handle "
-        "WHERE t.tag >= ? AND t.tag < ? AND r.removed_at > t.added GROUP BY t.dataset_id",
-        (low, high),
+        "SELECT tags.dataset_id, count(*) FROM tags "  # noqa: S608 (`where`: the store's SQL)
+        "JOIN datasets d ON d.id = tags.dataset_id AND d.gen = tags.gen "
+        "JOIN removed r ON r.dataset_id = tags.dataset_id AND r.gen = tags.gen "
+        f"AND r.handle = tags.handle WHERE {where} AND r.removed_at > tags.added "
+        "GROUP BY tags.dataset_id",
+        args,
     ).fetchall():
         db.execute(
             "UPDATE datasets SET tag_count = tag_count - ? WHERE id = ?", (count, dataset_id)
         )
-    return db.execute(
-        "DELETE FROM tags WHERE tag >= ? AND tag < ? AND ("
+    deleted = db.execute(
+        f"DELETE FROM tags WHERE {where} AND ("  # noqa: S608 (`where`: the store's SQL)
         " (NOT EXISTS (SELECT 1 FROM datasets d WHERE d.id = tags.dataset_id AND d.gen = tags.gen)"
         "  AND NOT EXISTS (SELECT 1 FROM staging s"
         "                  WHERE s.dataset_id = tags.dataset_id AND s.gen = tags.gen))"
         " OR EXISTS (SELECT 1 FROM removed r WHERE r.dataset_id = tags.dataset_id"
         "            AND r.gen = tags.gen AND r.handle = tags.handle"
         "            AND r.removed_at > tags.added))",
-        (low, high),
+        args,
     ).rowcount
+    return deleted, name
 
 
 # -- lookups (reader snapshot, then the writer) ----------------------------------
@@ -1257,12 +1276,22 @@ class SqlStore(abc.ABC):
 
     async def sweep(self) -> int:
         """Delete rows of dead generations and rows hidden by tombstones, one
-        tag range per transaction so that other writes interleave."""
+        slice of `tags` per transaction so that other writes interleave."""
         deleted = 0
         async with self._sweep_lock:
-            for index in range(_SWEEP_RANGES):
-                deleted += await self._write(functools.partial(_sweep_range, index=index))
+            after: int | None = None
+            while True:
+                count, after = await self._write(functools.partial(_sweep_slice, after=after))
+                deleted += count
+                if after is None:
+                    break
+            await self._after_sweep(deleted)
         return deleted
+
+    async def _after_sweep(self, deleted: int) -> None:
+        """A sweep deleted `deleted` rows (a store with an index of tags
+        catches up here)."""
+        return None
 
     # -- enrollment -----------------------------------------------------------
 

@@ -76,9 +76,11 @@ should have expired as pending.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,6 +98,7 @@ from hub._store_sql import (
 from hub.audit import AuditTree
 from hub.disclosure import Case, Direction, DisclosurePage, Receipt, Ticket
 from hub.errors import StorageError
+from hub.locator import Prefixes, TagLocator, prefixes_of
 from hub.policy import (
     DatasetInfo,
     EnrollResult,
@@ -270,7 +273,8 @@ class HubStore(TagStore, AuditStore, DisclosureStore, Protocol):
 # -- SQLite -------------------------------------------------------------------
 
 # 1: tags, datasets, matches, notices.  2: audit log, disclosures, matches.tag.
-_SCHEMA_VERSION = 2
+# 3: tags keyed by (dataset, gen, tag) instead of (tag, dataset, gen).
+_SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -304,8 +308,11 @@ CREATE TABLE IF NOT EXISTS staging (
     started_ms INTEGER NOT NULL
 );
 
--- Keyed by tag: a lookup is one index probe.  Small integers for dataset,
--- generation, key type; `added` is 0 (stored in no bytes) for enrolled rows.
+-- Keyed by (dataset, generation, tag): an enrollment writes one contiguous
+-- region of the B-tree.  A lookup asks the in-memory `hub.locator` which
+-- (dataset, generation) may hold a tag, then probes those keys.  Small
+-- integers for dataset, generation, key type; `added` is 0 (stored in no
+-- bytes) for enrolled rows.
 CREATE TABLE IF NOT EXISTS tags (
     tag BLOB NOT NULL,
     dataset_id INTEGER NOT NULL,
@@ -313,7 +320,7 @@ CREATE TABLE IF NOT EXISTS tags (
     handle BLOB NOT NULL,
     key_type INTEGER NOT NULL,
     added INTEGER NOT NULL,
-    PRIMARY KEY (tag, dataset_id, gen, handle)
+    PRIMARY KEY (dataset_id, gen, tag, handle)
 ) WITHOUT ROWID;
 
 -- Tombstones: read only for hits, so `tags` needs no index by handle.
@@ -428,10 +435,11 @@ CREATE TABLE IF NOT EXISTS disclosure_sequences (
 
 
 class _SqliteDb:
-    """`Db` on a sqlite3 connection."""
+    """`Db` on a sqlite3 connection, with the store's `TagLocator`."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, locator: TagLocator) -> None:
         self._conn = conn
+        self._locator = locator
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
         return self._conn.execute(sql, tuple(args))
@@ -440,17 +448,27 @@ class _SqliteDb:
         return self._conn.executemany(sql, rows).rowcount
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
+        unique = sorted(set(tags))
         found: list[TagRow] = []
-        for tag in sorted(set(tags)):
+        for c in self._locator.candidates(unique):
             found += self._conn.execute(
                 "SELECT t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at "
                 "FROM tags t LEFT JOIN removed r ON r.dataset_id = t.dataset_id "
-                "AND r.gen = t.gen AND r.handle = t.handle WHERE t.tag = ?",
-                (tag,),
+                "AND r.gen = t.gen AND r.handle = t.handle "
+                "WHERE t.dataset_id = ? AND t.gen = ? AND t.tag = ?",
+                (c.dataset_id, c.gen, unique[c.index]),
             ).fetchall()
         return found
 
+    def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:
+        self._locator.note(dataset_id, gen, tags)
+
     def insert_staged(self, rows: Sequence[StagedRow]) -> int:
+        by_generation: dict[tuple[int, int], list[bytes]] = {}
+        for tag, dataset_id, gen, _, _ in rows:
+            by_generation.setdefault((dataset_id, gen), []).append(tag)
+        for (dataset_id, gen), tags in by_generation.items():
+            self._locator.note(dataset_id, gen, tags)
         return self._conn.executemany(
             "INSERT OR IGNORE INTO tags (tag, dataset_id, gen, handle, key_type, added) "
             "VALUES (?, ?, ?, ?, ?, 0)",
@@ -463,18 +481,61 @@ class _SqliteDb:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def sweep_slice(self, after: int | None) -> tuple[str, tuple[object, ...], int] | None:
+        # One dataset at a time: its rows are one region of the key.
+        row = self._conn.execute(
+            "SELECT dataset_id FROM tags WHERE dataset_id > ? ORDER BY dataset_id LIMIT 1",
+            (-1 if after is None else after,),
+        ).fetchone()
+        if row is None:
+            return None
+        return "tags.dataset_id = ?", (row[0],), int(row[0])
+
+
+def _scan_prefixes(conn: sqlite3.Connection) -> Iterator[tuple[int, int, Prefixes]]:
+    """(dataset, gen, tag prefixes) of every row, in key order."""
+    cursor = conn.execute("SELECT dataset_id, gen, substr(tag, 1, 8) FROM tags")
+    while rows := cursor.fetchmany(65536):
+        for (dataset_id, gen), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+            yield dataset_id, gen, prefixes_of([r[2] for r in group])
+
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
     """Create or upgrade the schema; (version before, version after)."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version not in (0, 1, _SCHEMA_VERSION):
+    if version not in (0, 1, 2, _SCHEMA_VERSION):
         raise StorageError(f"{path} has schema version {version}; this hub knows {_SCHEMA_VERSION}")
+    if version in (1, 2):
+        _rekey_tags(conn)
     conn.executescript(_SCHEMA)
     # Schema 1 -> 2: new tables (above) and the tag of each match.
     if "tag" not in {row[1] for row in conn.execute("PRAGMA table_info(matches)")}:
         conn.execute("ALTER TABLE matches ADD COLUMN tag BLOB")
     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
     return version, _SCHEMA_VERSION
+
+
+def _rekey_tags(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: copy `tags` into a table keyed by (dataset, gen, tag),
+    in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE tags_v3 (tag BLOB NOT NULL, dataset_id INTEGER NOT NULL, "
+            "gen INTEGER NOT NULL, handle BLOB NOT NULL, key_type INTEGER NOT NULL, "
+            "added INTEGER NOT NULL, PRIMARY KEY (dataset_id, gen, tag, handle)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO tags_v3 (tag, dataset_id, gen, handle, key_type, added) "
+            "SELECT tag, dataset_id, gen, handle, key_type, added FROM tags "
+            "ORDER BY dataset_id, gen, tag, handle"
+        )
+        conn.execute("DROP TABLE tags")
+        conn.execute("ALTER TABLE tags_v3 RENAME TO tags")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class SqliteTagStore(SqlStore):
@@ -492,6 +553,8 @@ class SqliteTagStore(SqlStore):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._locator = TagLocator()
+        self._swept_since_rebuild = 0
 
     @classmethod
     async def open(cls, path: Path, *, readers: int = 4, auto_sweep: bool = True) -> SqliteTagStore:
@@ -549,8 +612,38 @@ class SqliteTagStore(SqlStore):
             self._notices.latest[code] = sequence
         for code, sequence in conn.execute("SELECT code, last_sequence FROM disclosure_sequences"):
             self._cases.latest[code] = sequence
-        self._next_expiry_ms = _next_expiry(_SqliteDb(conn))
+        self._next_expiry_ms = _next_expiry(_SqliteDb(conn, self._locator))
         self._audit = AuditTree(self._stored_leaf_hashes(conn))
+        started = time.monotonic()
+        self._locator.install(_scan_prefixes(conn))
+        log.info(
+            "indexed %d tags in %.1f s (%d MB in memory)",
+            self._locator.size,
+            time.monotonic() - started,
+            self._locator.size * 12 // 1_000_000,
+        )
+
+    async def _after_sweep(self, deleted: int) -> None:
+        # Deleted rows stay in the locator as false candidates (one wasted
+        # probe each); rebuild once they are a quarter of it.
+        self._swept_since_rebuild += deleted
+        if self._swept_since_rebuild * 4 < max(self._locator.size, 1):
+            return
+        self._swept_since_rebuild = 0
+        await self._run_writer(self._locator.start_journal)
+
+        def scan() -> list[tuple[int, int, Prefixes]]:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                return list(_scan_prefixes(conn))
+            finally:
+                conn.execute("COMMIT")
+
+        loop = asyncio.get_running_loop()
+        scanned = await loop.run_in_executor(self._reader_pool, scan)
+        await self._run_writer(lambda: self._locator.install(scanned))
+        log.info("rebuilt the tag index: %d tags", self._locator.size)
 
     def _stored_leaf_hashes(self, conn: sqlite3.Connection) -> Iterator[bytes]:
         for expected, (index, entry) in enumerate(
@@ -596,7 +689,7 @@ class SqliteTagStore(SqlStore):
             written = _Written(audit_base=self._audit.size)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(_SqliteDb(conn), written)
+                result = fn(_SqliteDb(conn, self._locator), written)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -618,7 +711,7 @@ class SqliteTagStore(SqlStore):
             conn = self._reader()
             conn.execute("BEGIN")
             try:
-                return fn(_SqliteDb(conn))
+                return fn(_SqliteDb(conn, self._locator))
             finally:
                 conn.execute("COMMIT")
 

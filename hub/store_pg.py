@@ -323,6 +323,18 @@ class _PgDb:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:
+        return None  # `tags` is keyed by tag: nothing to keep beside it
+
+    def sweep_slice(self, after: int | None) -> tuple[str, tuple[object, ...], int] | None:
+        # Tags are uniformly random: each first byte covers 1/256 of the table.
+        index = 0 if after is None else after + 1
+        if index >= 256:
+            return None
+        low = bytes([index])
+        high = bytes([index + 1]) if index + 1 < 256 else b"\xff" * 17
+        return "tags.tag >= ? AND tags.tag < ?", (low, high), index
+
 
 def _schema_version(conn: Connection) -> int:
     """The schema version of the database (0: no hub schema yet), without DDL."""

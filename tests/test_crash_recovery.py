@@ -49,6 +49,7 @@ from blindmatch.v1 import audit_pb2, audit_pb2_grpc, common_pb2, hub_pb2, hub_pb
 from bureau_agent import pki
 from bureau_agent.localfed import LocalFederation
 from hub import policy
+from hub._store_sql import _CHUNK
 from psi.identifiers import KeyType
 
 pytestmark = pytest.mark.e2e
@@ -375,7 +376,8 @@ def test_kill_9_during_enrollments_loses_no_acknowledged_write(
     rng = random.Random(seed)
     hub = HubProcess(federation, tmp_path / "db", tmp_path)
     names = [f"ds{i}" for i in range(8)]
-    sizes = [1, 700, 2500, 5000, 5001, 9000]
+    # Around and across the hub's staging chunk (rows on disk before the commit).
+    sizes = [1, 700, 2500, _CHUNK, _CHUNK + 1, _CHUNK + 4000]
     model, tally = Model(), CrashTally()
     probe = Probe(hub)
     try:

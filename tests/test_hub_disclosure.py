@@ -426,7 +426,7 @@ def test_sqlite_schema_1_database_is_upgraded(tmp_path: Path) -> None:
 
     with_store(open_store, after)
     with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         assert "tag" in {row[1] for row in conn.execute("PRAGMA table_info(matches)")}
     conn.close()
 

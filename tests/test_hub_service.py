@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blindmatch.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from bureau_agent import pki
 from hub import policy
+from hub._store_sql import _CHUNK
 from hub.config import HubConfig
 from hub.errors import ConfigError
 from hub.server import serve
@@ -339,7 +340,7 @@ def test_datasets_belong_to_their_owner(federation: Federation, config: HubConfi
 
 
 def test_replace_is_atomic_for_readers(federation: Federation, config: HubConfig) -> None:
-    n = 12_000  # more than two staging chunks
+    n = 2 * _CHUNK + 2000  # more than two staging chunks
     old, new = keys(n), keys(n)
     sample = sorted({*range(0, n, 97), n - 1})
     probe = [old[i] for i in sample] + [new[i] for i in sample]
@@ -372,7 +373,7 @@ def test_replace_is_atomic_for_readers(federation: Federation, config: HubConfig
 def test_interrupted_enrollments_leave_the_previous_version(
     federation: Federation, config: HubConfig
 ) -> None:
-    old, new = keys(10), keys(6000)
+    old, new = keys(10), keys(_CHUNK + 1000)
 
     async def still_old(hub: Hub) -> None:
         assert await hit_indices(hub.DEU, old) == list(range(10))

@@ -22,6 +22,7 @@ import pytest
 
 from blindmatch.v1 import common_pb2
 from hub import policy
+from hub._store_sql import _CHUNK
 from hub.errors import (
     AlreadyExistsError,
     ConcurrentEnrollmentError,
@@ -42,7 +43,7 @@ OpenStore = Callable[[], Awaitable[TagStore]]
 LINKABLE = DatasetPolicy(linkable=True)
 PRIVATE = DatasetPolicy()
 # More keys than one staging chunk, so that staged rows are really on disk.
-BIG = 6000
+BIG = _CHUNK + 1000
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -590,3 +591,91 @@ def test_kill_9_keeps_acknowledged_and_drops_staged(
     if store_backend.kind == "sqlite":
         assert store_backend.scalar("PRAGMA journal_mode") == "wal"
     assert store_backend.scalar("SELECT count(*) FROM staging") == 0
+
+
+# -- SQLite: the tag locator and schema 3 ----------------------------------------------
+
+
+def test_sqlite_locator_is_rebuilt_on_open_and_after_sweeps(tmp_path: Path) -> None:
+    """Rows keyed by (dataset, gen, tag) are found through the in-memory
+    locator: after a restart (rebuilt from the file) and after sweeps have
+    deleted most of what it noted (rebuilt from a snapshot)."""
+    from hub.store import SqliteTagStore
+
+    path = tmp_path / "hub.sqlite"
+    ks, other = keys(500), keys(50, KeyType.EMAIL)
+
+    async def first() -> None:
+        store = await SqliteTagStore.open(path, auto_sweep=False)
+        try:
+            await enroll(store, "FRA", "w", ks)
+            await enroll(store, "DEU", "x", other)
+        finally:
+            await store.close()
+
+    async def second() -> None:
+        store = await SqliteTagStore.open(path, auto_sweep=False)
+        try:
+            assert store._locator.size == 550
+            assert await hit_indices(store, "BRA", ks + other) == list(range(550))
+            # Replace FRA's dataset three times: the sweep deletes 3 x 500
+            # rows, more than a quarter of the locator, which is rebuilt.
+            current = ks
+            for _ in range(3):
+                current = keys(500)
+                await enroll(store, "FRA", "w", current, replace=True)
+            assert store._locator.size == 2050
+            assert await store.sweep() == 1500
+            assert store._locator.size == 550
+            assert await hit_indices(store, "BRA", current + other) == list(range(550))
+            assert await hit_indices(store, "BRA", ks) == []
+        finally:
+            await store.close()
+
+    run(first())
+    run(second())
+
+
+def test_sqlite_schema_2_tags_are_rekeyed(tmp_path: Path) -> None:
+    """A schema-2 file (tags keyed by tag first) is rewritten on open, every
+    row kept."""
+    import sqlite3
+
+    from hub.store import SqliteTagStore
+
+    path = tmp_path / "hub.sqlite"
+    ks = keys(300)
+
+    async def before() -> None:
+        store = await SqliteTagStore.open(path, auto_sweep=False)
+        try:
+            await enroll(store, "FRA", "w", ks)
+        finally:
+            await store.close()
+
+    run(before())
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE old (tag BLOB NOT NULL, dataset_id INTEGER NOT NULL, "
+            "gen INTEGER NOT NULL, handle BLOB NOT NULL, key_type INTEGER NOT NULL, "
+            "added INTEGER NOT NULL, PRIMARY KEY (tag, dataset_id, gen, handle)) WITHOUT ROWID;"
+            "INSERT INTO old SELECT * FROM tags; DROP TABLE tags; ALTER TABLE old RENAME TO tags;"
+            "PRAGMA user_version = 2;"
+        )
+    conn.close()
+
+    async def after() -> None:
+        store = await SqliteTagStore.open(path, auto_sweep=False)
+        try:
+            assert await hit_indices(store, "DEU", ks) == list(range(300))
+        finally:
+            await store.close()
+
+    run(after())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        columns = sorted(conn.execute("PRAGMA table_info(tags)"), key=lambda r: r[5])
+        key = [r[1] for r in columns if r[5]]
+        assert key == ["dataset_id", "gen", "tag", "handle"]
+        assert conn.execute("SELECT count(*) FROM tags").fetchone()[0] == 300
+    conn.close()

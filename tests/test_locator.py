@@ -1,0 +1,108 @@
+"""`hub.locator.TagLocator`: a superset of what was noted, never missing a
+tag, against a plain dictionary model (hypothesis)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hub.locator import TagLocator, prefixes_of
+
+Model = dict[bytes, set[tuple[int, int]]]
+
+
+def expected(model: Model, tags: Sequence[bytes]) -> set[tuple[int, int, int]]:
+    return {(i, d, g) for i, t in enumerate(tags) for d, g in model.get(t, ())}
+
+
+def found(locator: TagLocator, tags: Sequence[bytes]) -> set[tuple[int, int, int]]:
+    result = locator.candidates(tags)
+    assert [c.index for c in result] == sorted(c.index for c in result)
+    return {(c.index, c.dataset_id, c.gen) for c in result}
+
+
+tag = st.binary(min_size=16, max_size=16)
+# Batches of tags noted for a few (dataset, gen) pairs, drawn from a small
+# pool so that tags repeat across pairs and batches.
+notes = st.lists(
+    st.tuples(st.integers(1, 4), st.integers(1, 3), st.lists(st.integers(0, 40), max_size=30)),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pool=st.lists(tag, min_size=41, max_size=41, unique=True), batches=notes)
+def test_candidates_are_exactly_what_was_noted(
+    pool: list[bytes], batches: list[tuple[int, int, list[int]]]
+) -> None:
+    locator, model = TagLocator(), Model()
+    for dataset_id, gen, picks in batches:
+        tags = [pool[i] for i in picks]
+        locator.note(dataset_id, gen, tags)
+        for t in tags:
+            model.setdefault(t, set()).add((dataset_id, gen))
+        # Binary-counter merging keeps the runs few.
+        assert locator.runs <= max(1, locator.size).bit_length()
+    # Distinct 16-byte random tags have distinct prefixes (2^-64 otherwise).
+    assert found(locator, pool) == expected(model, pool)
+    assert locator.size == sum(len(p) for _, _, p in batches)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pool=st.lists(tag, min_size=41, max_size=41, unique=True),
+    before=notes,
+    during=notes,
+    kept=st.sets(st.tuples(st.integers(1, 4), st.integers(1, 3))),
+)
+def test_install_keeps_the_snapshot_and_the_journal(
+    pool: list[bytes],
+    before: list[tuple[int, int, list[int]]],
+    during: list[tuple[int, int, list[int]]],
+    kept: set[tuple[int, int]],
+) -> None:
+    """A rebuild = what a snapshot holds (here: the pairs in `kept` of what
+    was noted before) + what was noted while it scanned."""
+    locator, model = TagLocator(), Model()
+    snapshot: dict[tuple[int, int], list[bytes]] = {}
+    for dataset_id, gen, picks in before:
+        tags = [pool[i] for i in picks]
+        locator.note(dataset_id, gen, tags)
+        if (dataset_id, gen) in kept:
+            snapshot.setdefault((dataset_id, gen), []).extend(tags)
+            for t in tags:
+                model.setdefault(t, set()).add((dataset_id, gen))
+    locator.start_journal()
+    for dataset_id, gen, picks in during:
+        tags = [pool[i] for i in picks]
+        locator.note(dataset_id, gen, tags)
+        for t in tags:
+            model.setdefault(t, set()).add((dataset_id, gen))
+    locator.install((d, g, prefixes_of(ts)) for (d, g), ts in snapshot.items())
+    assert found(locator, pool) == expected(model, pool)
+    # After the rebuild, notes go on as before.
+    extra = [os.urandom(16) for _ in range(5)]
+    locator.note(9, 9, extra)
+    assert found(locator, extra) == {(i, 9, 9) for i in range(5)}
+
+
+def test_prefixes_are_the_first_eight_bytes() -> None:
+    tags = [bytes(range(i, i + 16)) for i in range(3)]
+    got = prefixes_of(tags)
+    assert got.dtype == np.uint64
+    assert [int(p).to_bytes(8, "little") for p in got] == [t[:8] for t in tags]
+    # Mixed lengths take the slow path, with the same answer.
+    mixed = [tags[0], tags[1] + b"x", tags[2]]
+    assert list(prefixes_of(mixed)) == list(got)
+
+
+def test_a_miss_and_an_empty_locator_name_nothing() -> None:
+    locator = TagLocator()
+    assert locator.candidates([os.urandom(16)]) == []
+    locator.note(1, 1, [os.urandom(16) for _ in range(100)])
+    assert locator.candidates([os.urandom(16) for _ in range(100)]) == []
+    assert locator.candidates([]) == []
