@@ -293,6 +293,9 @@ class HubProcess:
             f'tls_cert = "{hub_dir / "tls.crt"}"',
             f'tls_key = "{hub_dir / "tls.key"}"',
             f'ca_cert = "{hub_dir / "ca.crt"}"',
+            # The hub alone is measured: no per-bureau rate limit.
+            "[quota]",
+            "enabled = false",
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
         with self.log_path.open("ab") as out:

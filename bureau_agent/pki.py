@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import ipaddress
 import json
 import logging
@@ -377,6 +378,7 @@ class TlsFiles:
 # -- identity ----------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # every call of every bureau presents its certificate
 def identity_from_pem(cert_pem: bytes) -> Identity:
     """The identity a (chain-verified) certificate names in its URI SAN."""
     try:
@@ -407,6 +409,7 @@ def identity_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> I
     return identity_from_pem(pems[0])
 
 
+@functools.lru_cache(maxsize=4096)
 def certificate_serial(cert_pem: bytes) -> int:
     """The serial number of a PEM certificate (what the revocation list names)."""
     return x509.load_pem_x509_certificate(cert_pem).serial_number

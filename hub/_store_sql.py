@@ -162,6 +162,9 @@ class Db(Protocol):
 # the commit.
 _CHUNK = 20_000
 
+# Queries of at most this many tags are looked up with `_read_small`.
+_SMALL_QUERY = 16
+
 _REVEAL_OWNER, _REVEAL_CATEGORY, _LINKABLE = 1, 2, 4
 _QUERY_MATCH, _STANDING_MATCH = 0, 1
 
@@ -556,6 +559,7 @@ def _go_live(
     )
     db.execute("DELETE FROM staging WHERE dataset_id = ?", (dataset_id,))
     db.execute("DELETE FROM removed WHERE dataset_id = ? AND gen < ?", (dataset_id, gen))
+    _bump_live_version(db)
     if old_version >= 1:
         _mark_garbage(db, written)
     index = _audit(
@@ -654,6 +658,7 @@ def _update(
         "UPDATE datasets SET version = ?, tag_count = ?, updated_ms = ? WHERE id = ?",
         (version, tag_count, now, d.id),
     )
+    _bump_live_version(db)
     # Counts as the agent sent them: handles named, keys in order.
     index = _audit(
         db,
@@ -833,8 +838,50 @@ class _RawHit:
     tag: bytes
 
 
+@dataclass(frozen=True)
+class _LiveDatasets:
+    """Every live dataset by epoch, as of one value of the `live_version`
+    counter (`_go_live` bumps it in the transaction that changes what a
+    lookup searches)."""
+
+    version: int
+    by_epoch: Mapping[int, tuple[_Dataset, ...]]
+
+
+def _live_version(db: Db) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'live_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _bump_live_version(db: Db) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('live_version', 1) "
+        "ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
+    )
+
+
+class _LiveCache:
+    """The live datasets, reloaded only when `live_version` has moved; read
+    from any thread (the snapshot is replaced whole)."""
+
+    def __init__(self) -> None:
+        self._current = _LiveDatasets(-1, {})
+
+    def get(self, db: Db) -> _LiveDatasets:
+        version = _live_version(db)
+        current = self._current
+        if current.version != version:
+            by_epoch: dict[int, list[_Dataset]] = {}
+            for d in _load_datasets(db, "WHERE d.version >= 1"):
+                by_epoch.setdefault(d.epoch, []).append(d)
+            current = _LiveDatasets(version, {e: tuple(ds) for e, ds in by_epoch.items()})
+            self._current = current
+        return current
+
+
 def _lookup(
     db: Db,
+    live: _LiveCache,
     requester: str,
     epoch: int,
     tags: Sequence[QueryTag],
@@ -842,7 +889,7 @@ def _lookup(
 ) -> tuple[list[_RawHit], int]:
     searched = {
         d.id: d
-        for d in _load_datasets(db, "WHERE d.version >= 1 AND d.epoch = ?", (epoch,))
+        for d in live.get(db).by_epoch.get(epoch, ())
         if include_own or d.owner != requester
     }
     hits: list[_RawHit] = []
@@ -857,6 +904,13 @@ def _lookup(
                 continue
             hits.append(_RawHit(index, d, handle, code, query.tag))
     return hits, len(searched)
+
+
+@dataclass(frozen=True)
+class _QueryRecord:
+    requester: str
+    tag_count: int
+    raw: Sequence[_RawHit]
 
 
 def _record_query(
@@ -899,6 +953,12 @@ def _record_query(
         ),
     )
     return hits, index
+
+
+def _record_queries(
+    db: Db, written: _Written, *, records: Sequence[_QueryRecord]
+) -> list[tuple[list[Hit], int]]:
+    return [_record_query(db, written, r.requester, r.tag_count, r.raw) for r in records]
 
 
 # -- the audit log -------------------------------------------------------------------
@@ -1212,6 +1272,9 @@ class SqlStore(abc.ABC):
         self._next_expiry_ms: int | None = None
         self._expiry_changed = asyncio.Event()
         self._expirer: asyncio.Task[None] | None = None
+        self._live = _LiveCache()
+        self._unrecorded: list[tuple[_QueryRecord, asyncio.Future[tuple[list[Hit], int]]]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- what a database provides ----------------------------------------------
@@ -1224,6 +1287,10 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     async def _read(self, fn: Callable[[Db], T]) -> T:
         """Run `fn` inside one read-only snapshot."""
+
+    async def _read_small(self, fn: Callable[[Db], T]) -> T:
+        """`_read` for a few index probes (a store may run it inline)."""
+        return await self._read(fn)
 
     @abc.abstractmethod
     async def _close_database(self) -> None:
@@ -1319,14 +1386,44 @@ class SqlStore(abc.ABC):
         self, requester: str, epoch: int, tags: Sequence[QueryTag], *, include_own: bool
     ) -> QueryResult:
         """Find hits on a read snapshot, then record them as matches, with
-        the query's audit leaf, in one transaction."""
-        raw, searched = await self._read(
-            lambda db: _lookup(db, requester, epoch, tags, include_own)
+        the query's audit leaf (see `_record`)."""
+        read = self._read_small if len(tags) <= _SMALL_QUERY else self._read
+        raw, searched = await read(
+            lambda db: _lookup(db, self._live, requester, epoch, tags, include_own)
         )
-        hits, index = await self._write(
-            lambda db, written: _record_query(db, written, requester, len(tags), raw)
-        )
+        hits, index = await self._record(_QueryRecord(requester, len(tags), raw))
         return QueryResult(hits=tuple(hits), datasets_searched=searched, audit_index=index)
+
+    async def _record(self, record: _QueryRecord) -> tuple[list[Hit], int]:
+        """Record a lookup's matches and audit leaf.  Queries that arrive
+        while a group is committing share the next transaction (group
+        commit): one fsync for many queries, each with its own leaf.  The
+        answer is sent only after its group has committed."""
+        done: asyncio.Future[tuple[list[Hit], int]] = asyncio.get_running_loop().create_future()
+        self._unrecorded.append((record, done))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_groups(), name="hub-recorder")
+        return await done
+
+    async def _record_groups(self) -> None:
+        while self._unrecorded:
+            group, self._unrecorded = self._unrecorded, []
+            try:
+                results = await self._write(
+                    functools.partial(_record_queries, records=[record for record, _ in group])
+                )
+            except Exception as exc:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            except BaseException:
+                for _, done in group:
+                    done.cancel()
+                raise
+            for (_, done), result in zip(group, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
 
     async def list_datasets(self, owner: str) -> list[DatasetInfo]:
         """`owner`'s live datasets, by name."""
@@ -1362,7 +1459,7 @@ class SqlStore(abc.ABC):
             # int(): PostgreSQL's sum of bigints is a numeric.
             return HubStats(datasets=count, tags=int(tags), epochs=tuple(e for (e,) in epochs))
 
-        return await self._read(read)
+        return await self._read_small(read)
 
     # -- notices --------------------------------------------------------------
 

@@ -155,12 +155,15 @@ class TagLocator:
         needles = prefixes[order]
         found: set[tuple[int, int]] = set()
         for run in state.runs:
-            lo = np.searchsorted(run.prefixes, needles, side="left")
-            hi = np.searchsorted(run.prefixes, needles, side="right")
-            for j in np.flatnonzero(hi > lo).tolist():
-                index = int(order[j])
-                for slot in run.slots[lo[j] : hi[j]].tolist():
-                    found.add((index, slot))
+            size = run.size
+            lo = np.searchsorted(run.prefixes, needles)
+            equal = run.prefixes[np.minimum(lo, size - 1)] == needles
+            for j in np.flatnonzero(equal).tolist():
+                index, at, needle = int(order[j]), int(lo[j]), needles[j]
+                # Equal prefixes are adjacent: a tag in several datasets.
+                while at < size and run.prefixes[at] == needle:
+                    found.add((index, int(run.slots[at])))
+                    at += 1
         pairs = state.pairs
         return [Candidate(i, *pairs[s]) for i, s in sorted(found)]
 

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hub.errors import LimitExceededError, PermissionDeniedError
 from psi.errors import InvalidInputError
@@ -67,6 +68,7 @@ KEY_TYPE_CODES: Mapping[KeyType, int] = {
     KeyType.VIN: 8,
 }
 _KEY_TYPES_BY_CODE: Mapping[int, KeyType] = {code: kt for kt, code in KEY_TYPE_CODES.items()}
+_CODE_BYTE: Mapping[KeyType, bytes] = {kt: bytes([code]) for kt, code in KEY_TYPE_CODES.items()}
 
 
 def key_type_from_code(code: int, *, field: str = "key_type") -> KeyType:
@@ -82,8 +84,9 @@ def key_type_from_code(code: int, *, field: str = "key_type") -> KeyType:
 # -- what the caller sends ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TaggedKey:
+# Named tuples rather than dataclasses: an enrollment makes millions of
+# these, and a tuple is built in a third of the time.
+class TaggedKey(NamedTuple):
     """One enrolled key: a 16-byte tag, the owner's 16-byte handle, its type."""
 
     tag: bytes
@@ -93,11 +96,10 @@ class TaggedKey:
     @property
     def digest_input(self) -> bytes:
         """tag || handle || key type (one byte), what the enrollment digest covers."""
-        return self.tag + self.handle + bytes([KEY_TYPE_CODES[self.key_type]])
+        return self.tag + self.handle + _CODE_BYTE[self.key_type]
 
 
-@dataclass(frozen=True)
-class QueryTag:
+class QueryTag(NamedTuple):
     """A tag to look up, with its key type."""
 
     tag: bytes
@@ -117,6 +119,33 @@ def make_tagged_key(tag: bytes, handle: bytes, key_type: int, *, field: str) -> 
         handle=_check_length(handle, HANDLE_LENGTH, f"{field}.handle"),
         key_type=key_type_from_code(key_type, field=f"{field}.key_type"),
     )
+
+
+def make_tagged_keys(keys: Iterable[tuple[bytes, bytes, int]], *, field: str) -> list[TaggedKey]:
+    """`make_tagged_key` of each (tag, handle, key type code); an error
+    names the item, e.g. "batch 3: keys[7].handle"."""
+    types = _KEY_TYPES_BY_CODE
+    made = []
+    for i, (tag, handle, code) in enumerate(keys):
+        key_type = types.get(code)
+        if key_type is None or len(tag) != TAG_LENGTH or len(handle) != HANDLE_LENGTH:
+            made.append(make_tagged_key(tag, handle, code, field=f"{field}[{i}]"))  # raises
+            continue
+        made.append(TaggedKey(bytes(tag), bytes(handle), key_type))
+    return made
+
+
+def make_query_tags(tags: Iterable[tuple[bytes, int]], *, field: str) -> list[QueryTag]:
+    """`make_query_tag` of each (tag, key type code); an error names the item."""
+    types = _KEY_TYPES_BY_CODE
+    made = []
+    for i, (tag, code) in enumerate(tags):
+        key_type = types.get(code)
+        if key_type is None or len(tag) != TAG_LENGTH:
+            made.append(make_query_tag(tag, code, field=f"{field}[{i}]"))  # raises
+            continue
+        made.append(QueryTag(bytes(tag), key_type))
+    return made
 
 
 def make_query_tag(tag: bytes, key_type: int, *, field: str) -> QueryTag:
@@ -200,9 +229,10 @@ class KeyDigest:
 
     def update(self, keys: Iterable[TaggedKey]) -> None:
         """Account for the next keys of the stream."""
-        for key in keys:
-            self._hash.update(key.digest_input)
-            self.count += 1
+        code = _CODE_BYTE
+        chunk = [b"".join((k.tag, k.handle, code[k.key_type])) for k in keys]
+        self._hash.update(b"".join(chunk))
+        self.count += len(chunk)
 
     def digest(self) -> bytes:
         """The SHA-256 of the keys so far."""

@@ -216,19 +216,13 @@ class HubService(hub_pb2_grpc.HubServicer):
 
     def _keys(self, keys: Sequence[common_pb2.TaggedKey], field: str) -> list[policy.TaggedKey]:
         policy.check_request_size(len(keys), self._max_tags, field=field)
-        return [
-            policy.make_tagged_key(k.tag, k.handle, k.key_type, field=f"{field}[{i}]")
-            for i, k in enumerate(keys)
-        ]
+        return policy.make_tagged_keys(((k.tag, k.handle, k.key_type) for k in keys), field=field)
 
     def _query_tags(
         self, tags: Sequence[common_pb2.QueryTag], field: str = "tags"
     ) -> list[policy.QueryTag]:
         policy.check_request_size(len(tags), self._max_tags, field=field)
-        return [
-            policy.make_query_tag(t.tag, t.key_type, field=f"{field}[{i}]")
-            for i, t in enumerate(tags)
-        ]
+        return policy.make_query_tags(((t.tag, t.key_type) for t in tags), field=field)
 
     @staticmethod
     def _spec(owner: str, header: hub_pb2.EnrollHeader) -> policy.EnrollSpec:

@@ -553,6 +553,7 @@ class SqliteTagStore(SqlStore):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._loop_reader: sqlite3.Connection | None = None
         self._locator = TagLocator()
         self._swept_since_rebuild = 0
 
@@ -721,12 +722,34 @@ class SqliteTagStore(SqlStore):
         except sqlite3.OperationalError as exc:
             raise StorageError(f"the hub's database failed ({exc}); retry later") from exc
 
+    async def _read_small(self, fn: Callable[[Db], T]) -> T:
+        """Run `fn` inside one snapshot on the event loop's own connection: a
+        few index probes cost less than handing them to a reader thread and
+        back (WAL readers never wait for the writer)."""
+        if self._closed:
+            raise StorageError("the hub's store is closed")
+        conn = self._loop_reader
+        if conn is None:
+            conn = self._loop_reader = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(_SqliteDb(conn, self._locator))
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"the hub's database failed ({exc}); retry later") from exc
+
     async def _close_database(self) -> None:
         # Let queued work finish before the connections go away.
         await asyncio.to_thread(self._writer_pool.shutdown, True)
         await asyncio.to_thread(self._reader_pool.shutdown, True)
         with self._readers_lock:
             readers, self._readers = self._readers, []
+        if self._loop_reader is not None:
+            readers.append(self._loop_reader)
+            self._loop_reader = None
         for conn in readers:
             conn.close()
         if self._writer is not None:
