@@ -896,9 +896,13 @@ def _lookup(
     if not searched:
         return hits, 0
     by_tag = _group_by_tag(db.tag_rows([q.tag for q in tags]))
+    if not by_tag:
+        return hits, len(searched)
     for index, query in enumerate(tags):
+        if query.tag not in by_tag:
+            continue
         code = KEY_TYPE_CODES[query.key_type]
-        for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag.get(query.tag, ()):
+        for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag[query.tag]:
             d = searched.get(dataset_id)
             if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
                 continue
@@ -1620,6 +1624,8 @@ class SqlStore(abc.ABC):
         """Stop the background tasks, wake waiters, close every connection."""
         if self._closed:
             return
+        if self._recorder is not None:
+            await self._recorder  # answers queries already looked up
         await self._stop_background()
         await self.interrupt_waiters()
         self._closed = True

@@ -434,6 +434,11 @@ CREATE TABLE IF NOT EXISTS disclosure_sequences (
 """
 
 
+# (dataset, gen, tag) probes per lookup statement: 3 variables each, well
+# under SQLite's limit of 32,766.
+_PROBES_PER_STATEMENT = 2000
+
+
 class _SqliteDb:
     """`Db` on a sqlite3 connection, with the store's `TagLocator`."""
 
@@ -449,15 +454,21 @@ class _SqliteDb:
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         unique = sorted(set(tags))
+        probes = [(c.dataset_id, c.gen, unique[c.index]) for c in self._locator.candidates(unique)]
         found: list[TagRow] = []
-        for c in self._locator.candidates(unique):
+        # One statement per chunk of probes: the key lookups run in SQLite's loop.
+        for start in range(0, len(probes), _PROBES_PER_STATEMENT):
+            chunk = probes[start : start + _PROBES_PER_STATEMENT]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
             found += self._conn.execute(
+                f"WITH c (dataset_id, gen, tag) AS (VALUES {values}) "  # noqa: S608 (placeholders)
                 "SELECT t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at "
-                "FROM tags t LEFT JOIN removed r ON r.dataset_id = t.dataset_id "
-                "AND r.gen = t.gen AND r.handle = t.handle "
-                "WHERE t.dataset_id = ? AND t.gen = ? AND t.tag = ?",
-                (c.dataset_id, c.gen, unique[c.index]),
+                "FROM c CROSS JOIN tags t ON t.dataset_id = c.dataset_id AND t.gen = c.gen "
+                "AND t.tag = c.tag LEFT JOIN removed r ON r.dataset_id = t.dataset_id "
+                "AND r.gen = t.gen AND r.handle = t.handle",
+                [value for probe in chunk for value in probe],
             ).fetchall()
+        found.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
         return found
 
     def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:

@@ -16,7 +16,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -422,6 +422,40 @@ def test_query_hits_are_recorded_as_matches(
         assert sorted((bytes(m).hex(), r, o, bytes(h)) for m, r, o, h in stored) == sorted(
             (h.match_id, "DEU", "FRA", k.handle) for h, k in zip(result.hits, ks, strict=False)
         )
+
+    with_store(open_store, scenario)
+
+
+def test_concurrent_queries_each_get_their_own_audit_leaf(
+    open_store: OpenStore, store_backend: StoreBackend
+) -> None:
+    """Queries recorded together (group commit) still get one leaf each,
+    with their own hit counts, and every hit becomes a match row."""
+    from hub.store import HubStore
+    from psi.audit import EntryKind, decode_entry
+
+    ks = keys(40)
+
+    async def scenario(tag_store: TagStore) -> None:
+        store = cast(HubStore, tag_store)  # both stores are whole HubStores
+        await enroll(store, "FRA", "w", ks)
+        before = (await store.audit_head())[0]
+        # Query i asks i enrolled tags and one that is not.
+        results = await asyncio.gather(
+            *(
+                store.query("DEU", 1, queries([*ks[:i], *keys(1)]), include_own=False)
+                for i in range(30)
+            )
+        )
+        indices = [r.audit_index for r in results]
+        assert sorted(indices) == list(range(before, before + 30))
+        entries = await store.audit_entries(before, before + 30)
+        for i, result in enumerate(results):
+            assert sorted(h.query_index for h in result.hits) == list(range(i))
+            entry = decode_entry(entries[result.audit_index - before])
+            assert entry.kind is EntryKind.QUERY
+            assert (entry["tags"], entry["hits"]) == (i + 1, i)
+        assert store_backend.scalar("SELECT count(*) FROM matches") == sum(range(30))
 
     with_store(open_store, scenario)
 
