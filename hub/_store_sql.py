@@ -27,6 +27,7 @@ import enum
 import functools
 import hashlib
 import logging
+import operator
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -481,14 +482,19 @@ def _stage(
     keys: Sequence[TaggedKey],
 ) -> int:
     _check_staging(db, owner, spec, dataset_id, gen)
-    # Sorted by tag, the inserts walk the B-tree in order (fewer page visits);
-    # one row per (tag, handle), the first key type sent winning as before.
-    unique = {(k.tag, k.handle): KEY_TYPE_CODES[k.key_type] for k in reversed(keys)}
-    rows = sorted((tag, dataset_id, gen, handle, code) for (tag, handle), code in unique.items())
+    # Sorted by tag, the inserts walk the B-tree in order (fewer page visits).
+    # The sort is stable and a row already there is kept, so of two keys with
+    # one (tag, handle) the first sent wins.
+    codes = KEY_TYPE_CODES
+    rows = [(k.tag, dataset_id, gen, k.handle, codes[k.key_type]) for k in keys]
+    rows.sort(key=_first)
     stored = db.insert_staged(rows)
     if spec.policy.linkable:
         _probe(db, owner, dataset_id, gen, spec.epoch, keys)
     return stored
+
+
+_first = operator.itemgetter(0)
 
 
 def _group_by_tag(rows: Iterable[TagRow]) -> dict[bytes, list[TagRow]]:
