@@ -734,41 +734,6 @@ def numpy_floor(keys: Keys, tags: np.ndarray, repeat: int = 3) -> tuple[dict[str
     return {"seconds": best, "index_build_seconds": build, "hits": int(found.sum())}, found
 
 
-def sqlite_lookup_floor(database: Path, tags: np.ndarray, kts: np.ndarray) -> dict[str, Any]:
-    """The hub's lookup SQL alone, in a Python loop on one read-only connection:
-    one SELECT per distinct tag in sorted order, as hub/store.py's
-    `_SqliteDb.tag_rows` does at the time of writing; then the same keys as one
-    statement per 10,000 (a join on a VALUES list), the cheapest SQL form."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None)
-    conn.execute("PRAGMA query_only = 1")
-    batches = [sorted({t.tobytes() for t in tags[s : s + BATCH]}) for s in range(0, len(tags), BATCH)]
-    sql = ("SELECT t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at "
-           "FROM tags t LEFT JOIN removed r ON r.dataset_id = t.dataset_id "
-           "AND r.gen = t.gen AND r.handle = t.handle WHERE t.tag = ?")  # fmt: skip
-    rows = 0
-    conn.execute("BEGIN")
-    t = time.perf_counter()
-    for batch in batches:
-        for tag in batch:
-            rows += len(conn.execute(sql, (tag,)).fetchall())
-    per_tag = time.perf_counter() - t
-    conn.execute("COMMIT")
-    conn.execute("BEGIN")
-    t = time.perf_counter()
-    joined = 0
-    for batch in batches:
-        values = ",".join("(?)" for _ in batch)
-        joined += len(conn.execute(
-            f"WITH q(tag) AS (VALUES {values}) "  # noqa: S608 - placeholders only
-            "SELECT t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added FROM q "
-            "JOIN tags t ON t.tag = q.tag", batch).fetchall())  # fmt: skip
-    batched = time.perf_counter() - t
-    conn.execute("COMMIT")
-    conn.close()
-    assert joined == rows
-    return {"per_tag_select_seconds": per_tag, "batched_join_seconds": batched, "rows": rows}
-
-
 # -- the audit-leaf commit ------------------------------------------------------
 
 
@@ -995,9 +960,6 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
         assert np.array_equal(found, qhit), "the numpy floor disagrees with the planted hits"
         bulk["numpy_floor"] = floor
         bulk["over_floor"] = bulk["seconds"] / floor["seconds"]
-        if isinstance(store, SqliteStore):
-            log("the hub's SQL alone (read-only connection) ...")
-            bulk["sqlite_floor"] = sqlite_lookup_floor(store.database, qtags, qkts)
         bulk["tags"] = args.bulk
         bulk["index_tags"] = keys.n
     finally:
@@ -1197,12 +1159,6 @@ def render(r: dict[str, Any]) -> str:
             f"target <= {TARGETS['bulk_seconds']} s: {_ok(b['seconds'] <= TARGETS['bulk_seconds'])}, "
             f"<= {TARGETS['bulk_over_floor']}x: {_ok(b['over_floor'] <= TARGETS['bulk_over_floor'])}",
         ]
-        if "sqlite_floor" in b:
-            lines.append(
-                f"    the hub's SQL alone (Python loop, read-only connection): per-tag SELECT "
-                f"{b['sqlite_floor']['per_tag_select_seconds']:.2f} s; sorted VALUES join per "
-                f"10,000 {b['sqlite_floor']['batched_join_seconds']:.2f} s"
-            )
         if "postgres_pss" in m.get("after_bulk", {}):
             lines.append(f"  PostgreSQL server memory (PSS, all its processes): "
                          f"{m['after_bulk']['postgres_pss'] / 1e6:,.0f} MB")  # fmt: skip

@@ -23,6 +23,7 @@ trailer, logged, counted and appended to the audit log as a quota refusal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.metadata
 import logging
 import secrets
@@ -154,6 +155,12 @@ def authenticate(context: Context, directory: DirectorySource | None) -> str:
                 f"the certificate of {identity.code} (serial {serial:x}) is revoked"
             )
     return identity.code
+
+
+# A lookup's matches as sent, and the store's result.
+_Answer = tuple[list[common_pb2.Match], policy.QueryResult]
+# BulkMatch batches looked up at once on one stream.
+_BULK_IN_FLIGHT = 4
 
 
 def _now_ms() -> int:
@@ -362,7 +369,7 @@ class HubService(hub_pb2_grpc.HubServicer):
         tags: Sequence[common_pb2.QueryTag],
         include_own: bool,
         operation: str,
-    ) -> tuple[list[common_pb2.Match], policy.QueryResult]:
+    ) -> _Answer:
         policy.check_request_size(len(tags), self._max_tags, field="tags")
         await self._spend(requester, len(tags), operation)
         if self._metrics is not None:
@@ -393,21 +400,39 @@ class HubService(hub_pb2_grpc.HubServicer):
     async def BulkMatch(
         self, request_iterator: AsyncIterator[hub_pb2.BulkMatchRequest], context: Context
     ) -> AsyncIterator[hub_pb2.BulkMatchResponse]:
-        """Answer each batch, in order, with its batch_id."""
+        """Answer each batch, in order, with its batch_id.  Up to
+        `_BULK_IN_FLIGHT` batches are looked up at once, so that one batch's
+        probes overlap another's commit (and concurrent batches share it)."""
         try:
             requester = self._caller(context)
         except Exception as exc:
             await _abort(context, exc)
-        async for request in request_iterator:
-            try:
-                matches, result = await self._lookup(
+        window: collections.deque[tuple[int, asyncio.Task[_Answer]]] = collections.deque()
+        try:
+            async for request in request_iterator:
+                lookup = self._lookup(
                     requester, request.epoch, request.tags, request.include_own, "bulk_match"
                 )
-            except Exception as exc:
-                await _abort(context, exc, where=f"batch_id {request.batch_id}: ")
-            yield hub_pb2.BulkMatchResponse(
-                batch_id=request.batch_id, matches=matches, audit_index=result.audit_index
-            )
+                window.append((request.batch_id, asyncio.create_task(lookup)))
+                if len(window) >= _BULK_IN_FLIGHT:
+                    yield await self._bulk_answer(context, *window.popleft())
+            while window:
+                yield await self._bulk_answer(context, *window.popleft())
+        finally:
+            for _, task in window:
+                task.cancel()
+
+    @staticmethod
+    async def _bulk_answer(
+        context: Context, batch_id: int, lookup: asyncio.Task[_Answer]
+    ) -> hub_pb2.BulkMatchResponse:
+        try:
+            matches, result = await lookup
+        except Exception as exc:
+            await _abort(context, exc, where=f"batch_id {batch_id}: ")
+        return hub_pb2.BulkMatchResponse(
+            batch_id=batch_id, matches=matches, audit_index=result.audit_index
+        )
 
     async def WatchNotices(
         self, request: hub_pb2.WatchNoticesRequest, context: Context
