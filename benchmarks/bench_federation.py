@@ -1,6 +1,7 @@
 """End-to-end federation benchmark on loopback (issue: the federation).
 
-    python -m benchmarks.bench_federation [--records 5000] [--queries 300]
+    python -m benchmarks.bench_federation [--records 5000] [--runs 3] [--queries 300]
+                                           [--wait-quiet 60]
 
 A hub and four bureau agents as real processes (FRA, DEU, BRA hold a 2-of-3
 key), real mutual TLS and SQLite.  Measures, through the agent's local API
@@ -8,7 +9,11 @@ key), real mutual TLS and SQLite.  Measures, through the agent's local API
 
 * enrollment records/s of USA enrolling N records with 3 match keys each
   (passport, exact person, phonetic person), 2-of-3 VOPRF with every proof
-  verified, custodians on this same 2-core machine;
+  verified, custodians on this same 2-core machine; `--runs` enrollments of
+  the file (as new datasets), the median is reported, with every run, the
+  CPU the federation's processes used per key, and how busy the machine was
+  with other work (`benchmarks.machine`; each run first waits up to
+  `--wait-quiet` seconds for a quiet machine);
 * single-query latency p50/p99 (agent -> 2 custodians -> hub -> answer);
 * the floor: the libsodium calls that path needs per key, timed in this run
   (about ten scalar multiplications for 2-of-3 VOPRF with proofs verified),
@@ -36,6 +41,7 @@ from typing import Any
 import grpc
 
 from benchmarks.bench_oprf import FLOOR_CALLS, floor_us, libsodium_call_costs
+from benchmarks.machine import Foreign, tree_cpu_seconds, wait_for_quiet
 from blindmatch.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from bureau_agent.demo import FIRST, LAST, SCHEMA
 from bureau_agent.localfed import LocalFederation
@@ -62,7 +68,11 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3, help="enrollments of the file (median)")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--wait-quiet", type=float, default=60.0, help="seconds to wait for a quiet machine"
+    )
     parser.add_argument("--json-out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -85,46 +95,71 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
 
-            log(f"enrolling {args.records:,} records ...")
-            start = time.perf_counter()
-            summary = None
-            for event in agent.Enroll(
-                agent_pb2.LocalEnrollRequest(
-                    path=str(data),
-                    schema_path=str(schema),
-                    dataset="bench",
-                    policy=common_pb2.DatasetPolicy(),
+            runs: list[dict[str, Any]] = []
+            for run in range(1, args.runs + 1):
+                quiet = wait_for_quiet(args.wait_quiet)
+                log(f"enrolling {args.records:,} records (run {run} of {args.runs}) ...")
+                cpu_before = tree_cpu_seconds()
+                with Foreign() as machine:
+                    start = time.perf_counter()
+                    summary = None
+                    for event in agent.Enroll(
+                        agent_pb2.LocalEnrollRequest(
+                            path=str(data),
+                            schema_path=str(schema),
+                            dataset=f"bench-{run}",
+                            policy=common_pb2.DatasetPolicy(),
+                        )
+                    ):
+                        if event.WhichOneof("event") == "summary":
+                            summary = event.summary
+                    seconds = time.perf_counter() - start
+                cpu = tree_cpu_seconds() - cpu_before
+                assert summary is not None and summary.accepted == args.records
+                keys = summary.keys
+                runs.append(
+                    {
+                        "seconds": seconds,
+                        "records_per_second": args.records / seconds,
+                        "cpu_us_per_key": cpu / keys * 1e6,
+                        "waited_for_quiet": quiet,
+                        "machine": machine.result,
+                    }
                 )
-            ):
-                if event.WhichOneof("event") == "summary":
-                    summary = event.summary
-            enroll_seconds = time.perf_counter() - start
-            assert summary is not None and summary.accepted == args.records
-            keys = summary.keys
+                log(
+                    f"  {args.records / seconds:,.0f} records/s; other processes used "
+                    f"{machine.result.get('other_cpu_cores', 0):.2f} cores"
+                )
+            enroll_seconds = statistics.median(r["seconds"] for r in runs)
+            cpu_per_key = statistics.median(r["cpu_us_per_key"] for r in runs)
 
             # Queries from FRA for USA's records (hits) and unknown ones (no hits).
             fra = agent_pb2_grpc.AgentStub(
                 grpc.insecure_channel(f"unix:{fed.state_dir('FRA') / 'agent.sock'}")
             )
-            fra.Query(
-                agent_pb2.LocalQueryRequest(
-                    identifiers=agent_pb2.Identifiers(passport="X1", passport_issuer="USA")
+            quiet = wait_for_quiet(args.wait_quiet)
+            for _ in range(10):  # warm up after the wait: connections, caches
+                fra.Query(
+                    agent_pb2.LocalQueryRequest(
+                        identifiers=agent_pb2.Identifiers(passport="X1", passport_issuer="USA")
+                    )
                 )
-            )
             log(f"{args.queries} single queries ...")
             latencies: list[float] = []
             hits = 0
-            for i in range(args.queries):
-                ids = agent_pb2.Identifiers(
-                    passport=f"X{(i * 7919) % (2 * args.records):08d}", passport_issuer="USA"
-                )
-                t0 = time.perf_counter()
-                reply = fra.Query(agent_pb2.LocalQueryRequest(identifiers=ids))
-                latencies.append((time.perf_counter() - t0) * 1000)
-                hits += bool(reply.matches)
+            with Foreign() as query_machine:
+                for i in range(args.queries):
+                    ids = agent_pb2.Identifiers(
+                        passport=f"X{(i * 7919) % (2 * args.records):08d}", passport_issuer="USA"
+                    )
+                    t0 = time.perf_counter()
+                    reply = fra.Query(agent_pb2.LocalQueryRequest(identifiers=ids))
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    hits += bool(reply.matches)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
+    wait_for_quiet(min(args.wait_quiet, 30.0))
     log("libsodium floor ...")
     calls = libsodium_call_costs()
     floor_per_key = floor_us("2-of-3 VOPRF", calls)
@@ -139,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         "enroll_seconds": enroll_seconds,
         "records_per_second": args.records / enroll_seconds,
         "keys_per_second": keys / enroll_seconds,
+        "enroll_runs": runs,
         "query_ms": {
             "count": len(latencies),
             "hits": hits,
             "p50": statistics.median(latencies),
             "p99": percentile(latencies, 0.99),
             "mean": statistics.fmean(latencies),
+            "waited_for_quiet": quiet,
+            "machine": query_machine.result,
         },
         "floor": {
             "calls_per_key": FLOOR_CALLS["2-of-3 VOPRF"],
@@ -153,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             "wall_us_per_key_on_all_cores": floor_per_key / cores,
             "measured_wall_us_per_key": measured_per_key,
             "measured_over_floor": measured_per_key / (floor_per_key / cores),
+            "measured_cpu_us_per_key": cpu_per_key,
+            "measured_cpu_over_floor": cpu_per_key / floor_per_key,
         },
     }
     print(render(report))
@@ -164,16 +204,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(r: dict[str, Any]) -> str:
     q, f = r["query_ms"], r["floor"]
+    runs = ", ".join(
+        f"{x['records_per_second']:,.0f}"
+        f" ({x['machine'].get('other_cpu_cores', 0):.2f} cores used by others)"
+        for x in r["enroll_runs"]
+    )
     return "\n".join(
         [
             f"Blindmatch federation benchmark, {r['date']}, {r['machine']['cpus']} cores",
             f"  enrollment: {r['records']:,} records, {r['keys']:,} keys in {r['enroll_seconds']:.2f} s"
-            f" = {r['records_per_second']:,.0f} records/s ({r['keys_per_second']:,.0f} keys/s)",
+            f" = {r['records_per_second']:,.0f} records/s ({r['keys_per_second']:,.0f} keys/s),"
+            f" median of {len(r['enroll_runs'])} runs: {runs} records/s",
             f"  single query (agent -> 2 custodians -> hub): p50 {q['p50']:.1f} ms, p99 {q['p99']:.1f} ms"
             f" over {q['count']} queries ({q['hits']} hits)",
             f"  floor per key: {f['cpu_us_per_key']:.0f} us of libsodium CPU"
             f" ({f['wall_us_per_key_on_all_cores']:.0f} us wall on all cores);"
-            f" measured {f['measured_wall_us_per_key']:.0f} us = {f['measured_over_floor']:.2f}x the floor",
+            f" measured {f['measured_wall_us_per_key']:.0f} us = {f['measured_over_floor']:.2f}x the floor"
+            f" ({f['measured_cpu_us_per_key']:.0f} us CPU = {f['measured_cpu_over_floor']:.2f}x)",
         ]
     )
 

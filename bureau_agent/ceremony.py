@@ -12,7 +12,7 @@ share that does not match.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from bureau_agent import pki
 from psi import group, oprf, threshold
 from psi.errors import VerifyError
 
-__all__ = ["CustodianShare", "load_share", "run_ceremony", "share_path"]
+__all__ = ["CustodianShare", "load_share", "load_shares", "run_ceremony", "share_path"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,24 @@ def load_share(path: Path, directory: pki.Directory, custodian: str) -> Custodia
     share = threshold.KeyShare(index, group.decode_scalar(value, name="share"))
     threshold.verify_share(share, commitments)
     return CustodianShare(custodian, entry, share, commitments)
+
+
+def load_shares(
+    paths: Iterable[Path], directory: pki.Directory, custodian: str
+) -> dict[int, CustodianShare]:
+    """Load and verify one share file per key epoch, by epoch (oldest first).
+
+    Two files of the same epoch are refused, naming both: a custodian holds
+    exactly one share of an epoch, so a second one is a configuration mistake.
+    """
+    loaded: dict[int, tuple[Path, CustodianShare]] = {}
+    for path in paths:
+        share = load_share(path, directory, custodian)
+        epoch = share.epoch.epoch
+        if epoch in loaded:
+            raise pki.PkiError(
+                f"{path} is a second share of epoch {epoch} (the first is {loaded[epoch][0]}); "
+                "list one share file per epoch"
+            )
+        loaded[epoch] = (path, share)
+    return {epoch: loaded[epoch][1] for epoch in sorted(loaded)}

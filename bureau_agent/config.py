@@ -13,8 +13,13 @@ rpc_timeout = 30.0                          # seconds, every outgoing RPC
 metrics_listen = "127.0.0.1:9464"           # Prometheus endpoint; default: off
 
 [custodian]                                 # only on custodian bureaus
-share = "/etc/blindmatch/FRA/epoch-1.share.json"
+shares = ["epoch-1.share.json", "epoch-2.share.json"]   # one file per key epoch held
 max_batch = 4096
+
+A custodian serves every epoch it holds a share of (during a key transition,
+the old and the new one); `share = "epoch-1.share.json"` (a single file) is
+accepted too.  Each share is checked against the directory's Feldman
+commitments when the agent starts; two files of one epoch are refused.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ class ConfigError(pki.PkiError):
 
 @dataclass(frozen=True)
 class CustodianConfig:
-    """The custodian role: where the share is, and the largest batch served."""
+    """The custodian role: the share files (one per key epoch), and the largest batch served."""
 
-    share: Path
+    shares: tuple[Path, ...]
     max_batch: int = 4096
     quota_elements_per_second: float = 50_000.0
     quota_burst: float = 500_000.0
@@ -148,21 +153,7 @@ class AgentConfig:
             raise ConfigError(f"{where}: bureau {bureau!r} must be three capital letters")
         custodian = None
         if "custodian" in data:
-            section = data["custodian"]
-            if not isinstance(section, dict) or "share" not in section:
-                raise ConfigError(f"{where}: [custodian] needs share = <path to the share file>")
-            share = Path(str(section["share"]))
-            unknown_keys = sorted(
-                set(section) - {"share", "max_batch", "quota_elements_per_second", "quota_burst"}
-            )
-            if unknown_keys:
-                raise ConfigError(f"{where}: unknown key(s) {unknown_keys} in [custodian]")
-            custodian = CustodianConfig(
-                share=share if share.is_absolute() else base / share,
-                max_batch=int(section.get("max_batch", 4096)),
-                quota_elements_per_second=float(section.get("quota_elements_per_second", 50_000)),
-                quota_burst=float(section.get("quota_burst", 500_000)),
-            )
+            custodian = _custodian(data["custodian"], base, where)
         batch_size = number("batch_size", 1000, int)
         if not 1 <= batch_size <= 65535:
             raise ConfigError(f"{where}: batch_size must be between 1 and 65535")
@@ -181,3 +172,52 @@ class AgentConfig:
             custodian=custodian,
             source=source,
         )
+
+
+_CUSTODIAN_KEYS = frozenset(
+    {"share", "shares", "max_batch", "quota_elements_per_second", "quota_burst"}
+)
+
+
+def _custodian(section: object, base: Path, where: str) -> CustodianConfig:
+    """The `[custodian]` table: `shares = [paths]` or the older `share = path`."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: [custodian] must be a table")
+    unknown = sorted(set(section) - _CUSTODIAN_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in [custodian]")
+    if "share" in section and "shares" in section:
+        raise ConfigError(f"{where}: [custodian] sets both share and shares; keep shares only")
+    if "shares" in section:
+        raw = section["shares"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(
+                f"{where}: [custodian] shares must be a non-empty list of share file paths"
+            )
+    elif "share" in section:
+        raw = [section["share"]]
+    else:
+        raise ConfigError(
+            f"{where}: [custodian] needs shares = [<share file>, ...] (one per key epoch)"
+        )
+    shares: list[Path] = []
+    for item in raw:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where}: [custodian] share paths must be non-empty strings")
+        path = Path(item) if Path(item).is_absolute() else base / item
+        if path in shares:
+            raise ConfigError(f"{where}: [custodian] lists the share file {path} twice")
+        shares.append(path)
+
+    def number(key: str, default: float) -> float:
+        value = section.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{where}: [custodian] {key} must be a positive number")
+        return float(value)
+
+    return CustodianConfig(
+        shares=tuple(shares),
+        max_batch=int(number("max_batch", 4096)),
+        quota_elements_per_second=number("quota_elements_per_second", 50_000),
+        quota_burst=number("quota_burst", 500_000),
+    )

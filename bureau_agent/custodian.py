@@ -2,8 +2,10 @@
 
 Rules it enforces before any scalar multiplication:
 * the caller is a bureau of the signed directory (identity from its certificate);
-* the request's epoch is the epoch of the share this custodian holds
-  (FAILED_PRECONDITION otherwise);
+* the request's epoch is one this custodian holds a share of (0: the newest
+  it holds); FAILED_PRECONDITION naming the epoch otherwise.  During a key
+  transition a custodian holds the old and the new epoch's shares and
+  serves both;
 * the participant set contains this custodian, only indices of the epoch, no
   repeats, and at least t of them (INVALID_ARGUMENT);
 * 1 to `max_batch` blinded elements, each a canonical non-identity encoding
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -36,11 +38,11 @@ log = logging.getLogger("blindmatch.custodian")
 
 
 class CustodianService(custodian_pb2_grpc.CustodianServicer):
-    """Serves one custodian share."""
+    """Serves a custodian's shares, one per key epoch it holds."""
 
     def __init__(
         self,
-        share: CustodianShare,
+        shares: Sequence[CustodianShare],
         directory: Callable[[], pki.Directory],
         executor: Executor,
         *,
@@ -52,7 +54,12 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
         self._quota = quota
         self._metrics = metrics
         self._witness = witness
-        self._share = share
+        if not shares:
+            raise ValueError("a custodian service needs at least one share")
+        self._shares = {s.epoch.epoch: s for s in sorted(shares, key=lambda s: s.epoch.epoch)}
+        if len(self._shares) != len(shares):
+            raise ValueError("two shares of one epoch")
+        self._custodian = shares[0].custodian
         self._directory = directory
         self._executor = executor
         self._max_batch = max_batch
@@ -62,10 +69,9 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
     ) -> custodian_pb2.KeyInfo:
         try:
             rpc.caller_identity(context, self._directory())
-            self._check_epoch(request.epoch or self._share.epoch.epoch)
+            share = self._share_of(request.epoch)
         except Exception as exc:
             await rpc.abort_for(context, exc)
-        share = self._share
         return custodian_pb2.KeyInfo(
             epoch=share.epoch.epoch,
             share_index=share.share.index,
@@ -82,8 +88,8 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
     ) -> custodian_pb2.EvaluateResponse:
         try:
             caller = rpc.caller_identity(context, self._directory())
-            self._check_epoch(request.epoch)
-            participants = self._check_participants(list(request.participants))
+            held = self._share_of(request.epoch)
+            participants = self._check_participants(held, list(request.participants))
             blinded = self._check_blinded(list(request.blinded_elements))
         except Exception as exc:
             await rpc.abort_for(context, exc)
@@ -107,7 +113,7 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED, refused.message("blinded elements")
                 )
         loop = asyncio.get_running_loop()
-        share = self._share.share
+        share = held.share
         try:
             evaluated, proof = await loop.run_in_executor(
                 self._executor,
@@ -123,10 +129,10 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
             self._metrics.evaluated_elements.labels(caller.code).inc(len(blinded))
         log.info(
             "evaluated batch",
-            extra={"caller": caller.code, "elements": len(blinded), "epoch": request.epoch},
+            extra={"caller": caller.code, "elements": len(blinded), "epoch": held.epoch.epoch},
         )
         return custodian_pb2.EvaluateResponse(
-            epoch=request.epoch,
+            epoch=held.epoch.epoch,
             share_index=share.index,
             evaluated_elements=evaluated,
             proof=proof,
@@ -148,19 +154,33 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
         ours = await self._witness.witness(head_from_proto(request))
         return head_to_proto(ours) if ours is not None else audit_pb2.SignedTreeHead()
 
-    def _check_epoch(self, epoch: int) -> None:
-        held = self._share.epoch.epoch
-        if epoch != held:
+    @property
+    def epochs(self) -> list[int]:
+        """The key epochs this custodian holds a share of, oldest first."""
+        return list(self._shares)
+
+    def _share_of(self, epoch: int) -> CustodianShare:
+        """The share of `epoch` (0: the newest held)."""
+        if epoch == 0:
+            return self._shares[max(self._shares)]
+        share = self._shares.get(epoch)
+        if share is None:
+            held = self.epochs
+            holds = (
+                f"a share of epoch {held[0]}"
+                if len(held) == 1
+                else f"shares of epochs {', '.join(map(str, held))}"
+            )
             raise rpc.RpcAbort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"custodian {self._share.custodian} holds a share of epoch {held}, "
-                f"not of epoch {epoch}",
+                f"custodian {self._custodian} holds {holds}, not of epoch {epoch}",
             )
+        return share
 
-    def _check_participants(self, participants: list[int]) -> list[int]:
-        entry = self._share.epoch
+    def _check_participants(self, held: CustodianShare, participants: list[int]) -> list[int]:
+        entry = held.epoch
         valid = set(entry.custodians.values())
-        own = self._share.share.index
+        own = held.share.index
         if own not in participants:
             raise rpc.RpcAbort(
                 grpc.StatusCode.INVALID_ARGUMENT,

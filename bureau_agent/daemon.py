@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from blindmatch.v1 import agent_pb2, agent_pb2_grpc, custodian_pb2, custodian_pb2_grpc
-from bureau_agent import ceremony, pki, rpc
+from bureau_agent import ceremony, pki, rpc, work
 from bureau_agent.config import AgentConfig
 from bureau_agent.custodian import CustodianService
 from bureau_agent.disclosure_desk import DisclosureDesk
@@ -51,8 +51,17 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     # Spawned, not forked: forking a process that already runs gRPC threads
     # leaves the children with broken locks.
     executor = ProcessPoolExecutor(
-        config.worker_count, mp_context=multiprocessing.get_context("spawn")
+        config.worker_count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=work.exit_with_parent,
+        initargs=(os.getpid(),),
     )
+    # Spawn every worker now (the pool spawns them on demand), in the background.
+    warm_up = asyncio.gather(
+        *(loop.run_in_executor(executor, work.warm_up) for _ in range(config.worker_count))
+    )
+    # A pool that cannot start fails the first real task loudly; nothing to report here.
+    warm_up.add_done_callback(lambda f: f.cancelled() or f.exception())
     store = RecordStore(config.records_path)
     servers: list[grpc.aio.Server] = []
     health_servicer = health.aio.HealthServicer()
@@ -64,12 +73,12 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
 
     custodian_service: CustodianService | None = None
     if config.custodian is not None:
-        share = ceremony.load_share(config.custodian.share, directory.get(), config.bureau)
+        shares = ceremony.load_shares(config.custodian.shares, directory.get(), config.bureau)
         custodian_server = grpc.aio.server(
             options=rpc.CHANNEL_OPTIONS, interceptors=metrics.rpc.interceptors()
         )
         custodian_service = CustodianService(
-            share,
+            list(shares.values()),
             directory.get,
             executor,
             max_batch=config.custodian.max_batch,
@@ -92,8 +101,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             "custodian listening",
             extra={
                 "address": f"{host}:{port}",
-                "epoch": share.epoch.epoch,
-                "index": share.share.index,
+                "epochs": ",".join(str(e) for e in shares),
+                "indices": ",".join(str(s.share.index) for s in shares.values()),
             },
         )
 
@@ -131,6 +140,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
 
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": GRACE_SECONDS})
+    warm_up.cancel()
     await health_servicer.enter_graceful_shutdown()
     await asyncio.gather(*(s.stop(GRACE_SECONDS) for s in servers))
     await agent.close()

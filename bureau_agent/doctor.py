@@ -116,13 +116,12 @@ def run_doctor(config_path: Path) -> Iterator[Check]:
     yield _check("bureau keys", keys)
 
     if config.custodian is not None:
-        share_path = config.custodian.share
+        share_paths = config.custodian.shares
 
         def share() -> str:
-            loaded = ceremony.load_share(share_path, d, config.bureau)
-            return (
-                f"share {loaded.share.index} of epoch {loaded.epoch.epoch} matches the commitments"
-            )
+            loaded = ceremony.load_shares(share_paths, d, config.bureau)
+            held = ", ".join(f"share {s.share.index} of epoch {e}" for e, s in loaded.items())
+            return f"{held}: {'each matches its' if len(loaded) > 1 else 'matches the'} commitments"
 
         yield _check("custodian share", share)
 

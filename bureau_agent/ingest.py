@@ -32,6 +32,7 @@ import codecs
 import csv
 import io
 import json
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -312,8 +313,12 @@ class _RowBuilder:
             return self.reject(line, "id", f"record id longer than {limit} characters")
         values: dict[str, str | None] = {}
         for fld, cols in schema.columns.items():
-            parts = [v for v in (cell(c) for c in cols) if v is not None and v.strip()]
-            value = " ".join(p.strip() for p in parts) if parts else None
+            if len(cols) == 1:
+                single = cell(cols[0])
+                value = (single.strip() or None) if single is not None else None
+            else:
+                parts = [v for v in (cell(c) for c in cols) if v is not None and v.strip()]
+                value = " ".join(p.strip() for p in parts) if parts else None
             if value is not None and len(value) > schema.max_field_chars:
                 rejections.append(
                     Rejection(
@@ -403,9 +408,12 @@ def _text_encoding(encoding: str) -> str:
     return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
+# surrogateescape turns each undecodable byte into U+DC80..U+DCFF.
+_UNDECODABLE: Final = re.compile("[\udc80-\udcff]")
+
+
 def _has_undecodable(text: str) -> bool:
-    # surrogateescape turns each undecodable byte into U+DC80..U+DCFF.
-    return any("\udc80" <= c <= "\udcff" for c in text)
+    return _UNDECODABLE.search(text) is not None
 
 
 def _csv_rows(raw: BinaryIO, name: str, schema: Schema) -> Iterator[Row]:
@@ -469,7 +477,7 @@ def _csv_records(
                 line, "line", f"has {len(cells)} fields, the header has {len(header)}"
             )
             continue
-        if any(_has_undecodable(c) for c in cells):
+        if _has_undecodable("".join(cells)):
             yield builder.reject(
                 line, "line", f"not valid {schema.encoding} (check the file's encoding)"
             )

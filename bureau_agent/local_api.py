@@ -30,8 +30,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -67,6 +67,7 @@ COMMIT_TIMEOUT_FACTOR = 10  # the hub's commit of a large version takes longer t
 _RECONNECT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 T = TypeVar("T")
+_BYTE = [bytes([i]) for i in range(256)]
 
 
 @dataclass
@@ -301,13 +302,19 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         ) as writer:
             batches = _read_batches(request.path, schema, writer, summary, self._config.batch_size)
             try:
-                async for batch, tags in self._tagged(batches):
+                async for batch, by_epoch in self._tagged(batches, [epoch]):
+                    tags = by_epoch[epoch]
+                    types = [key_type_to_proto(k.type) for k in batch.keys]
                     keys = [
-                        common_pb2.TaggedKey(tag=t, handle=h, key_type=key_type_to_proto(k.type))
-                        for t, h, k in zip(tags, batch.handles, batch.keys, strict=True)
+                        common_pb2.TaggedKey(tag=t, handle=h, key_type=kt)
+                        for t, h, kt in zip(tags, batch.handles, types, strict=True)
                     ]
-                    for key in keys:
-                        digest.update(key.tag + key.handle + bytes([key.key_type]))
+                    digest.update(
+                        b"".join(
+                            t + h + _BYTE[kt]
+                            for t, h, kt in zip(tags, batch.handles, types, strict=True)
+                        )
+                    )
                     tag_count += len(keys)
                     if keys:
                         await self._send(
@@ -365,11 +372,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             )
         )
 
-    async def _tagged(self, batches: Iterator[_Batch]) -> AsyncIterator[tuple[_Batch, list[bytes]]]:
-        """Tag a file's batches in order, IN_FLIGHT at a time: reading the next
-        batch (in a thread) and tagging (custodians, worker processes) overlap.
-        Pending work is cancelled when the consumer stops early or fails."""
-        pending: list[tuple[_Batch, asyncio.Task[list[bytes]]]] = []
+    async def _tagged(
+        self, batches: Iterator[_Batch], epochs: Sequence[int]
+    ) -> AsyncIterator[tuple[_Batch, dict[int, list[bytes]]]]:
+        """Tag a file's batches in order under each of `epochs` (newest first),
+        IN_FLIGHT batches at a time: reading the next batch (in a thread) and
+        tagging (custodians, worker processes) overlap.  Pending work is cancelled
+        when the consumer stops early or fails."""
+        pending: list[tuple[_Batch, dict[int, asyncio.Task[list[bytes]]]]] = []
         exhausted = False
         try:
             while pending or not exhausted:
@@ -379,13 +389,57 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         exhausted = True
                         break
                     inputs = [k.oprf_input for k in batch.keys]
-                    pending.append((batch, asyncio.create_task(self._tagger.tag(inputs))))
+                    tasks = {
+                        e: asyncio.create_task(self._tag_under(inputs, e, epochs[0]))
+                        for e in epochs
+                    }
+                    pending.append((batch, tasks))
                 if pending:
-                    batch, task = pending.pop(0)
-                    yield batch, await task
+                    batch, tasks = pending.pop(0)
+                    yield batch, await _all(tasks)
         finally:
-            for _, task in pending:
-                task.cancel()
+            for _, tasks in pending:
+                _settle(tasks)
+
+    async def _tag_under(self, inputs: list[bytes], epoch: int, newest: int) -> list[bytes]:
+        """Tags under `epoch`.  A query never skips an epoch whose
+        datasets it should search (a silent "no hit" would mislead): when the
+        custodians no longer serve an older epoch, it fails and says why."""
+        try:
+            return await self._tagger.tag(inputs, epoch)
+        except CustodiansUnavailable as exc:
+            if epoch == newest:
+                raise
+            raise CustodiansUnavailable(
+                f"the hub still holds datasets enrolled under key epoch {epoch}, which "
+                f"cannot be searched: {exc}.  Their owners must re-enroll them (they then "
+                f"move to epoch {newest}), or the custodians must keep serving epoch {epoch} "
+                "until then"
+            ) from None
+
+    async def _query_epochs(self) -> list[int]:
+        """The key epochs a query must be evaluated under, newest first: the
+        directory's current epoch (new enrollments go there), then every older
+        epoch of the directory under which the hub still holds live datasets
+        (during a key transition, datasets not yet re-enrolled).  The hub
+        matches tags only within an epoch, so each epoch's tags go to it
+        separately."""
+        newest = self._tagger.epoch.epoch
+        known = set(self._tagger.known_epochs())
+        if known <= {newest}:
+            return [newest]  # one key epoch in the federation: no need to ask the hub
+        # Not retried: it is part of a query, and queries are not.
+        status: hub_pb2.HubStatus = await self._hub().GetStatus(
+            hub_pb2.GetStatusRequest(), timeout=self._timeout
+        )
+        unknown = sorted(set(status.epochs) - known)
+        if unknown:
+            log.warning(
+                "the hub holds datasets of epochs the directory does not list",
+                extra={"epochs": ",".join(map(str, unknown))},
+            )
+        older = sorted((e for e in set(status.epochs) & known if e < newest), reverse=True)
+        return [newest, *older]
 
     # -- removal ----------------------------------------------------------
 
@@ -459,24 +513,45 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             keys = match_keys(record, phone_region=self._config.phone_region or None)
         except InvalidRecordError as exc:
             raise InvalidInputError(str(exc)) from None
-        tags = await self._tagger.tag([k.oprf_input for k in keys])
-        self._metrics.queried_tags.inc(len(tags))
-        reply: hub_pb2.QueryResponse = await self._hub().Query(
-            hub_pb2.QueryRequest(
-                epoch=self._tagger.epoch.epoch,
-                tags=[
-                    common_pb2.QueryTag(tag=t, key_type=key_type_to_proto(k.type))
-                    for t, k in zip(tags, keys, strict=True)
-                ],
-                include_own=request.include_own,
-            ),
-            timeout=self._timeout,
-        )
-        self._audit_event(
-            reply.audit_index, audit.EntryKind.QUERY, requester=self._config.bureau, tags=len(tags)
-        )
+        inputs = [k.oprf_input for k in keys]
+        newest = self._tagger.epoch.epoch
+        # The newest epoch is always queried: tag under it while the hub says
+        # which older epochs are still in use.
+        tagging = {newest: asyncio.ensure_future(self._tag_under(inputs, newest, newest))}
+        try:
+            for epoch in await self._query_epochs():
+                if epoch not in tagging:
+                    tagging[epoch] = asyncio.ensure_future(self._tag_under(inputs, epoch, newest))
+        except BaseException:
+            _settle(tagging)
+            raise
+        tags_by_epoch = await _all(tagging)
+
+        async def ask(epoch: int, tags: list[bytes]) -> hub_pb2.QueryResponse:
+            reply: hub_pb2.QueryResponse = await self._hub().Query(
+                hub_pb2.QueryRequest(
+                    epoch=epoch,
+                    tags=[
+                        common_pb2.QueryTag(tag=t, key_type=key_type_to_proto(k.type))
+                        for t, k in zip(tags, keys, strict=True)
+                    ],
+                    include_own=request.include_own,
+                ),
+                timeout=self._timeout,
+            )
+            self._metrics.queried_tags.inc(len(tags))
+            self._audit_event(
+                reply.audit_index,
+                audit.EntryKind.QUERY,
+                requester=self._config.bureau,
+                tags=len(tags),
+            )
+            return reply
+
+        replies = await asyncio.gather(*(ask(e, t) for e, t in tags_by_epoch.items()))
         return agent_pb2.LocalQueryResponse(
-            matches=list(reply.matches), keys_queried=[k.type.value for k in keys]
+            matches=[m for reply in replies for m in reply.matches],
+            keys_queried=[k.type.value for k in keys],
         )
 
     # -- bulk match -------------------------------------------------------
@@ -499,17 +574,19 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.LocalMatchRequest, schema: ingest.Schema
     ) -> AsyncIterator[agent_pb2.LocalMatchEvent]:
         started = time.monotonic()
-        epoch = self._tagger.epoch.epoch
+        epochs = await self._query_epochs()
         total_bytes = os.path.getsize(request.path) if os.path.exists(request.path) else 0
         summary = ingest.Summary(file=request.path)
         batches = _read_batches(request.path, schema, None, summary, self._config.batch_size)
         call = self._hub().BulkMatch(timeout=None)  # no overall deadline: see the module's notes
         batch_id = 0
         try:
-            async for batch, tags in self._tagged(batches):
+            async for batch, by_epoch in self._tagged(batches, epochs):
                 for r in batch.rejections:
                     yield agent_pb2.LocalMatchEvent(rejection=_rejection(r))
-                if tags:
+                for epoch, tags in by_epoch.items():
+                    if not tags:
+                        continue
                     batch_id += 1
                     self._metrics.queried_tags.inc(len(tags))
                     await self._send(
@@ -757,6 +834,24 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         return report
 
 
+async def _all(tasks: Mapping[int, asyncio.Future[T]]) -> dict[int, T]:
+    """The result of every task, by key; on the first failure the others are
+    cancelled and that failure is raised."""
+    try:
+        return {key: await task for key, task in tasks.items()}
+    finally:
+        _settle(tasks)
+
+
+def _settle(tasks: Mapping[int, asyncio.Future[Any]]) -> None:
+    """Cancel unfinished tasks; mark the failures of finished ones as seen."""
+    for task in tasks.values():
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()
+
+
 async def _write(call: Any, message: Any) -> None:
     """Write to a client stream; if the server already ended the RPC, raise its status
     (e.g. ALREADY_EXISTS right after the header) rather than a bare state error."""
@@ -796,20 +891,28 @@ def _read_batches(
     position = [0]
     rows = ingest.read_rows(path, schema, on_progress=lambda n: position.__setitem__(0, n))
     batch = _Batch([], [], [], [], 0, 0)
+    records: list[tuple[str, int, dict[str, str], tuple[MatchKey, ...]]] = []
+
+    def finish(batch: _Batch) -> _Batch:
+        if writer is not None and records:
+            batch.handles = writer.add_records(records)
+            records.clear()
+        batch.rows_read, batch.bytes_read = summary.rows, position[0]
+        return batch
+
     for row in rows:
         summary.add(row)
         if isinstance(row, ingest.Rejected):
             batch.rejections.extend(row.rejections)
             continue
         if writer is not None:
-            fields = {k: v for k, v in asdict(row.record).items() if v and k != "record_id"}
-            batch.handles.extend(writer.add_record(row.record_id, row.line, fields, row.keys))
+            record = row.record
+            fields = {f: v for f in ingest.FIELDS if (v := getattr(record, f))}
+            records.append((row.record_id, row.line, fields, row.keys))
         batch.keys.extend(row.keys)
         batch.rows.extend((row.record_id, row.line) for _ in row.keys)
         if len(batch.keys) >= batch_size:
-            batch.rows_read, batch.bytes_read = summary.rows, position[0]
-            yield batch
+            yield finish(batch)
             batch = _Batch([], [], [], [], 0, 0)
-    batch.rows_read, batch.bytes_read = summary.rows, position[0]
     if batch.keys or batch.rejections:
-        yield batch
+        yield finish(batch)

@@ -11,6 +11,7 @@ command it runs is the real `blindmatch` CLI.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -104,7 +105,7 @@ class LocalFederation:
         self.hub_config_path.parent.mkdir(parents=True, exist_ok=True)
         self.hub_config_path.write_text("\n".join(lines) + "\n")
 
-    def _write_agent_config(self, code: str) -> None:
+    def _write_agent_config(self, code: str, epochs: Sequence[int] | None = None) -> None:
         lines = [
             f'bureau = "{code}"',
             f'federation = "{self.federation}"',
@@ -115,11 +116,16 @@ class LocalFederation:
             "rpc_timeout = 20.0",
         ]
         if code in self.custodians:
-            share = ceremony.share_path(self.federation, self.epoch, code)
-            lines += ["", "[custodian]", f'share = "{share}"']
+            shares = [ceremony.share_path(self.federation, e, code) for e in epochs or [self.epoch]]
+            lines += ["", "[custodian]", f"shares = {json.dumps([str(p) for p in shares])}"]
         path = self.config_path(code)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n")
+
+    def hold_epochs(self, code: str, epochs: Sequence[int]) -> None:
+        """Rewrite a custodian's configuration to hold its shares of `epochs`
+        (made by `blindmatch keys ceremony`); takes effect at `restart`."""
+        self._write_agent_config(code, epochs)
 
     # -- processes ----------------------------------------------------------
 
@@ -223,6 +229,12 @@ class LocalFederation:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait()
+
+    def restart(self, code: str) -> None:
+        """Stop an agent (SIGTERM) and start it again with its current configuration."""
+        self.stop(code)
+        self.start_agent(code)
+        self.wait_agent(code)
 
     def stop_all(self) -> dict[str, int | None]:
         """SIGTERM every agent, then the hub; return the exit codes."""

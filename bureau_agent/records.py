@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS audit_events (
 """
 
 
+_IN_CHUNK = 500  # record ids per `IN (...)` lookup, well below SQLite's variable limit
+
+
 @dataclass(frozen=True)
 class LocalDataset:
     """What the agent remembers of one of its datasets."""
@@ -240,40 +243,69 @@ class EnrollmentWriter:
         self, record_id: str, line: int, fields: Mapping[str, str], keys: Sequence[MatchKey]
     ) -> list[bytes]:
         """Store a record; one handle per key, reused when the key was enrolled before."""
-        self._db.execute(
+        return self.add_records([(record_id, line, fields, keys)])
+
+    def add_records(
+        self, records: Sequence[tuple[str, int, Mapping[str, str], Sequence[MatchKey]]]
+    ) -> list[bytes]:
+        """Store a batch of (record id, line, fields, keys); the handles of all
+        their keys, in order.  A key enrolled before (in an earlier version, or
+        earlier in this one when a file repeats a record) keeps its handle.
+        A few statements per batch, not per key: this is on the enrollment's
+        hot path."""
+        self._db.executemany(
             "INSERT INTO records (dataset, record_id, line, fields, generation) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset, record_id) DO UPDATE SET "
             "line = excluded.line, fields = excluded.fields, generation = excluded.generation",
-            (
-                self.name,
-                record_id,
-                line,
-                json.dumps(dict(fields), ensure_ascii=False),
-                self.generation,
-            ),
+            [
+                (
+                    self.name,
+                    rid,
+                    line,
+                    json.dumps(dict(fields), ensure_ascii=False),
+                    self.generation,
+                )
+                for rid, line, fields, _ in records
+            ],
         )
-        handles = []
-        for key in keys:
-            row = self._db.execute(
-                "SELECT handle FROM keys WHERE dataset = ? AND record_id = ? "
-                "AND key_type = ? AND key_value = ?",
-                (self.name, record_id, key.type.value, key.value),
-            ).fetchone()
-            if row is not None:
-                handle = bytes(row[0])
-                self._db.execute(
-                    "UPDATE keys SET generation = ?, removed = 0 WHERE handle = ?",
-                    (self.generation, handle),
-                )
-            else:
-                handle = secrets.token_bytes(16)
-                self._db.execute(
-                    "INSERT INTO keys (handle, dataset, record_id, key_type, key_value, "
-                    "generation) VALUES (?, ?, ?, ?, ?, ?)",
-                    (handle, self.name, record_id, key.type.value, key.value, self.generation),
-                )
-            handles.append(handle)
+        known = self._known_handles({rid for rid, _, _, _ in records})
+        handles: list[bytes] = []
+        reused: list[tuple[int, bytes]] = []
+        new: list[tuple[bytes, str, str, str, str, int]] = []
+        for rid, _, _, keys in records:
+            for key in keys:
+                where = (rid, key.type.value, key.value)
+                handle = known.get(where)
+                if handle is not None:
+                    reused.append((self.generation, handle))
+                else:
+                    handle = secrets.token_bytes(16)
+                    known[where] = handle
+                    new.append((handle, self.name, *where, self.generation))
+                handles.append(handle)
+        self._db.executemany("UPDATE keys SET generation = ?, removed = 0 WHERE handle = ?", reused)
+        self._db.executemany(
+            "INSERT INTO keys (handle, dataset, record_id, key_type, key_value, generation) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            new,
+        )
         return handles
+
+    def _known_handles(self, record_ids: set[str]) -> dict[tuple[str, str, str], bytes]:
+        """The stored handles of these records' keys, by (record id, type, value)."""
+        out: dict[tuple[str, str, str], bytes] = {}
+        ids = list(record_ids)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))  # placeholders only
+            rows = self._db.execute(
+                "SELECT record_id, key_type, key_value, handle FROM keys "  # noqa: S608
+                f"WHERE dataset = ? AND record_id IN ({marks})",
+                (self.name, *chunk),
+            )
+            for rid, key_type, key_value, handle in rows:
+                out[(rid, key_type, key_value)] = bytes(handle)
+        return out
 
     def commit(self, hub_version: int) -> None:
         """Drop what the new version no longer has, record the hub's version, commit."""

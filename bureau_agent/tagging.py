@@ -44,10 +44,11 @@ class CustodiansUnavailable(BlindmatchError):
 
 @dataclass
 class _Custodian:
+    """A custodian's share of one epoch, and how it has been answering."""
+
     code: str
     index: int
     address: str
-    channel: grpc.aio.Channel | None = None
     failures: int = 0
     last_error: str = ""
     retry_after: float = 0.0
@@ -64,7 +65,8 @@ class TaggingStats:
 
 
 class ThresholdTagger:
-    """Turns OPRF inputs into tags with the custodians of the directory's current epoch."""
+    """Turns OPRF inputs into tags with the custodians of a key epoch of the directory:
+    by default the current (newest) one, or the one a call names."""
 
     def __init__(
         self,
@@ -84,55 +86,72 @@ class ThresholdTagger:
         self._epoch = epoch
         self._backoff = backoff
         self._retry_rounds = retry_rounds
-        self._custodians: dict[str, _Custodian] = {}
+        self._custodians: dict[tuple[int, str], _Custodian] = {}
+        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}  # code -> (address, channel)
         self._credentials: grpc.ChannelCredentials | None = None
         self._closing: set[asyncio.Future[None]] = set()
         self.stats = TaggingStats()
 
     @property
     def epoch(self) -> pki.EpochEntry:
+        """The epoch tags are made under by default: the one given at construction,
+        else the directory's current (newest) epoch."""
+        return self.epoch_entry(self._epoch)
+
+    def epoch_entry(self, epoch: int | None = None) -> pki.EpochEntry:
+        """The directory's entry for `epoch` (None: the default epoch)."""
+        if epoch is None:
+            epoch = self._epoch
         d = self._directory.get()
-        entry = d.epochs.get(self._epoch) if self._epoch is not None else d.current_epoch
+        entry = d.epochs.get(epoch) if epoch is not None else d.current_epoch
         if entry is None:
             raise CustodiansUnavailable(
                 "the federation directory has no key epoch"
-                + (f" {self._epoch}" if self._epoch is not None else "")
+                + (f" {epoch}" if epoch is not None else "")
                 + "; run `blindmatch keys ceremony` first"
             )
         return entry
+
+    def known_epochs(self) -> list[int]:
+        """Every key epoch of the directory, oldest first."""
+        return sorted(self._directory.get().epochs)
 
     def _refresh(self, entry: pki.EpochEntry) -> list[_Custodian]:
         d = self._directory.get()
         current: list[_Custodian] = []
         for code, index in sorted(entry.custodians.items(), key=lambda kv: kv[1]):
             address = d.bureaus[code].address if code in d.bureaus else ""
-            known = self._custodians.get(code)
+            known = self._custodians.get((entry.epoch, code))
             if known is None or known.address != address or known.index != index:
-                if known is not None and known.channel is not None:
-                    task = asyncio.ensure_future(known.channel.close())
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
                 known = _Custodian(code, index, address)
-                self._custodians[code] = known
+                self._custodians[(entry.epoch, code)] = known
             current.append(known)
         return current
 
     def _channel(self, custodian: _Custodian) -> grpc.aio.Channel:
-        if custodian.channel is None:
-            if self._credentials is None:
-                self._credentials = self._tls.channel_credentials()
-            custodian.channel = grpc.aio.secure_channel(
-                custodian.address,
-                self._credentials,
-                options=[*rpc.CHANNEL_OPTIONS, *retry.RECONNECT_OPTIONS],
-            )
-        return custodian.channel
+        """One channel per custodian bureau, whatever the epoch; reopened when
+        the directory gives it a new address."""
+        open_ = self._channels.get(custodian.code)
+        if open_ is not None and open_[0] == custodian.address:
+            return open_[1]
+        if open_ is not None:
+            task = asyncio.ensure_future(open_[1].close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        if self._credentials is None:
+            self._credentials = self._tls.channel_credentials()
+        channel = grpc.aio.secure_channel(
+            custodian.address,
+            self._credentials,
+            options=[*rpc.CHANNEL_OPTIONS, *retry.RECONNECT_OPTIONS],
+        )
+        self._channels[custodian.code] = (custodian.address, channel)
+        return channel
 
     async def close(self) -> None:
-        for custodian in self._custodians.values():
-            if custodian.channel is not None:
-                await custodian.channel.close()
-                custodian.channel = None
+        channels, self._channels = self._channels, {}
+        for _, channel in channels.values():
+            await channel.close()
 
     async def _evaluate(
         self, custodian: _Custodian, epoch: int, participants: list[int], blinded: list[bytes]
@@ -159,11 +178,12 @@ class ThresholdTagger:
         usable.sort(key=lambda c: (c.retry_after > now, c.failures, c.index))
         return usable[:t]
 
-    async def tag(self, inputs: Sequence[bytes]) -> list[bytes]:
-        """Tags for `inputs` (OPRF inputs, e.g. `MatchKey.oprf_input`), in order."""
+    async def tag(self, inputs: Sequence[bytes], epoch: int | None = None) -> list[bytes]:
+        """Tags for `inputs` (OPRF inputs, e.g. `MatchKey.oprf_input`), in order,
+        under key epoch `epoch` (None: the default epoch, see `epoch`)."""
         if not inputs:
             return []
-        entry = self.epoch
+        entry = self.epoch_entry(epoch)
         loop = asyncio.get_running_loop()
         blinds, blinded = await loop.run_in_executor(self._executor, work.blind_chunk, list(inputs))
         custodians = self._refresh(entry)

@@ -1,11 +1,14 @@
 """CPU-bound steps of the agent, as plain functions a process pool can run.
 
 Each takes and returns only bytes, ints and lists (cheap to pickle) and calls
-`psi`; nothing here does I/O.
+`psi`; nothing here does I/O.  `exit_with_parent` is the pool's initializer.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,9 +16,36 @@ from psi import oprf, tags, threshold
 from psi.errors import DeserializeError, VerifyError
 from psi.oprf import Mode
 
-__all__ = ["FinishedBatch", "blind_chunk", "custodian_evaluate", "finish_batch"]
+__all__ = [
+    "FinishedBatch",
+    "blind_chunk",
+    "custodian_evaluate",
+    "exit_with_parent",
+    "finish_batch",
+    "warm_up",
+]
 
 MODE = Mode.VOPRF
+
+
+def exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when the agent that spawned it is gone.
+
+    A worker of a spawned pool holds both ends of its task queue, so it never
+    sees end-of-file when the agent dies (`kill -9`) and would wait forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def warm_up() -> int:
+    """Nothing but this module's imports (libsodium included): run once per worker
+    at start-up, so that the first enrollment does not pay for spawning the pool."""
+    return len(oprf.SUITE_ID)
 
 
 def blind_chunk(inputs: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -64,6 +94,5 @@ def finish_batch(
         verified.append(partial)
     if bad:
         return FinishedBatch([], bad)
-    combined = threshold.combine(verified)
-    outputs = oprf.finalize_batch(inputs, blinds, combined, MODE)
+    outputs = threshold.finalize(inputs, blinds, verified)
     return FinishedBatch([tags.tag_from_output(o) for o in outputs], {})

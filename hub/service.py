@@ -23,7 +23,6 @@ trailer, logged, counted and appended to the audit log as a quota refusal.
 from __future__ import annotations
 
 import asyncio
-import collections
 import importlib.metadata
 import logging
 import secrets
@@ -402,25 +401,40 @@ class HubService(hub_pb2_grpc.HubServicer):
     ) -> AsyncIterator[hub_pb2.BulkMatchResponse]:
         """Answer each batch, in order, with its batch_id.  Up to
         `_BULK_IN_FLIGHT` batches are looked up at once, so that one batch's
-        probes overlap another's commit (and concurrent batches share it)."""
+        probes overlap another's commit (and concurrent batches share it);
+        each answer is sent as soon as it and those before it are ready, so
+        a client that waits for each answer before sending more is served."""
         try:
             requester = self._caller(context)
         except Exception as exc:
             await _abort(context, exc)
-        window: collections.deque[tuple[int, asyncio.Task[_Answer]]] = collections.deque()
+        slots = asyncio.Semaphore(_BULK_IN_FLIGHT)
+        started: asyncio.Queue[tuple[int, asyncio.Task[_Answer]] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    lookup = self._lookup(
+                        requester, request.epoch, request.tags, request.include_own, "bulk_match"
+                    )
+                    started.put_nowait((request.batch_id, asyncio.create_task(lookup)))
+            finally:
+                started.put_nowait(None)
+
+        reader = asyncio.create_task(read())
         try:
-            async for request in request_iterator:
-                lookup = self._lookup(
-                    requester, request.epoch, request.tags, request.include_own, "bulk_match"
-                )
-                window.append((request.batch_id, asyncio.create_task(lookup)))
-                if len(window) >= _BULK_IN_FLIGHT:
-                    yield await self._bulk_answer(context, *window.popleft())
-            while window:
-                yield await self._bulk_answer(context, *window.popleft())
+            while (item := await started.get()) is not None:
+                try:
+                    yield await self._bulk_answer(context, *item)
+                finally:
+                    slots.release()
+            await reader  # a broken request stream ends the call with its error
         finally:
-            for _, task in window:
-                task.cancel()
+            reader.cancel()
+            while not started.empty():
+                if (left := started.get_nowait()) is not None:
+                    left[1].cancel()
 
     @staticmethod
     async def _bulk_answer(

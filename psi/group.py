@@ -20,6 +20,7 @@ zero terms); only data that crosses a trust boundary goes through the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -116,6 +117,10 @@ def decode_scalar(data: bytes, *, name: str = "scalar") -> bytes:
 
 
 def _check_scalar(scalar: bytes) -> None:
+    # A top byte below 0x10 means the value is below 2^252 < ORDER: the common
+    # case (blinds, weights, keys) decided without building an integer.
+    if len(scalar) == SCALAR_LENGTH and scalar[-1] < 0x10:
+        return
     if len(scalar) != SCALAR_LENGTH or scalar_to_int(scalar) >= ORDER:
         raise InvalidInputError("scalar must be a canonical 32-byte encoding below the group order")
 
@@ -212,22 +217,33 @@ def elements_equal(a: bytes, b: bytes) -> bool:
 
 def expand_message_xmd(message: bytes, dst: bytes, length: int) -> bytes:
     """RFC 9380 §5.3.1 expand_message_xmd with SHA-512."""
+    ell, suffix_0, suffix_1 = _xmd_parameters(dst, length)
+    hasher = _ZPAD_HASHER.copy()  # Z_pad is one whole block: absorb it once per process
+    hasher.update(message + suffix_0)
+    b_0 = hasher.digest()
+    b_i = hashlib.sha512(b_0 + suffix_1).digest()
+    if ell == 1:  # every use in RFC 9497: 64 bytes, one SHA-512 block of output
+        return b_i[:length]
+    output = [b_i]
+    dst_prime = suffix_1[1:]
+    for i in range(2, ell + 1):
+        mixed = bytes(x ^ y for x, y in zip(b_0, b_i, strict=True))
+        b_i = hashlib.sha512(mixed + bytes([i]) + dst_prime).digest()
+        output.append(b_i)
+    return b"".join(output)[:length]
+
+
+@functools.cache
+def _xmd_parameters(dst: bytes, length: int) -> tuple[int, bytes, bytes]:
+    """ell and the constant tails of b_0's and b_1's hash inputs, per (DST, length):
+    I2OSP(len_in_bytes, 2) || I2OSP(0, 1) || DST_prime, and I2OSP(1, 1) || DST_prime."""
     if len(dst) > 255:
         raise InvalidInputError("domain separation tag longer than 255 bytes")
     ell = -(-length // _SHA512_OUT)
     if ell > 255 or length > 65535:
         raise InvalidInputError(f"cannot expand to {length} bytes")
     dst_prime = dst + bytes([len(dst)])
-    hasher = _ZPAD_HASHER.copy()  # Z_pad is one whole block: absorb it once per process
-    hasher.update(message + length.to_bytes(2, "big") + b"\x00" + dst_prime)
-    b_0 = hasher.digest()
-    b_i = hashlib.sha512(b_0 + b"\x01" + dst_prime).digest()
-    output = [b_i]
-    for i in range(2, ell + 1):
-        mixed = bytes(x ^ y for x, y in zip(b_0, b_i, strict=True))
-        b_i = hashlib.sha512(mixed + bytes([i]) + dst_prime).digest()
-        output.append(b_i)
-    return b"".join(output)[:length]
+    return ell, length.to_bytes(2, "big") + b"\x00" + dst_prime, b"\x01" + dst_prime
 
 
 def hash_to_group(message: bytes, dst: bytes) -> bytes:

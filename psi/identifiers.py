@@ -283,9 +283,12 @@ def _to_ascii(text: str) -> str:
     return "".join(out)
 
 
-def _ascii_token(text: str) -> list[str]:
+# Name pieces repeat across a file (given names, common surnames), so their
+# transliteration is cached: it is the costliest step of normalizing a name.
+@functools.lru_cache(maxsize=1 << 16)
+def _ascii_token(text: str) -> tuple[str, ...]:
     ascii_text = _APOSTROPHES.sub("", _to_ascii(text).lower())
-    return [_UMLAUT_DIGRAPH.sub(r"\1", t) for t in _NON_ALNUM.split(ascii_text) if t]
+    return tuple(_UMLAUT_DIGRAPH.sub(r"\1", t) for t in _NON_ALNUM.split(ascii_text) if t)
 
 
 def name_tokens(raw: str) -> tuple[str, ...]:
@@ -302,14 +305,18 @@ def name_tokens(raw: str) -> tuple[str, ...]:
     ]
     tokens: list[str] = []
     for chunk in chunks:
-        # Split the chunk into runs of syllabic and of other characters.
+        # Split the chunk into runs of syllabic and of other characters (every
+        # syllabic character is at U+3400 or above: most chunks are one run).
         pieces: list[tuple[bool, str]] = []
-        for char in chunk:
-            syl = _is_syllabic(char)
-            if pieces and pieces[-1][0] == syl:
-                pieces[-1] = (syl, pieces[-1][1] + char)
-            else:
-                pieces.append((syl, char))
+        if max(chunk) < "\u3400":
+            pieces.append((False, chunk))
+        else:
+            for char in chunk:
+                syl = _is_syllabic(char)
+                if pieces and pieces[-1][0] == syl:
+                    pieces[-1] = (syl, pieces[-1][1] + char)
+                else:
+                    pieces.append((syl, char))
         whole = len(chunks) == 1 and len(pieces) == 1
         for syl, piece in pieces:
             if syl:
@@ -402,6 +409,7 @@ def phonetic_code(token: str) -> str:
     return code.lstrip("AEIOU") or code
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _pinyin_run(token: str) -> bool:
     """Whether a token is one or more pinyin syllables (Chinese given names)."""
     ends = {0}
@@ -566,6 +574,9 @@ def _build(year: str, month: str | None, day: str | None) -> PartialDate:
     return PartialDate(y, m, d)
 
 
+# Dates of birth repeat (a century has about 36,500 of them), so parsing is cached;
+# `PartialDate` is immutable, and a refusal is raised again on each call.
+@functools.lru_cache(maxsize=1 << 16)
 def parse_date(raw: str, order: DateOrder | None = None) -> PartialDate:
     """Parse a date of birth as written in police records.
 
@@ -661,13 +672,17 @@ def person_keys(
 ) -> tuple[MatchKey, ...]:
     """The person keys of a name and date of birth: the exact key (complete dates
     only) and the phonetic candidate key."""
-    tokens = name_tokens(name)
     date = dob if isinstance(dob, PartialDate) else parse_date(dob, date_order)
+    return _person_keys(name, name_tokens(name), date)
+
+
+def _person_keys(name: str, tokens: tuple[str, ...], date: PartialDate) -> tuple[MatchKey, ...]:
     keys: list[MatchKey] = []
+    iso = date.iso()
     if date.is_complete:
-        keys.append(MatchKey(KeyType.PERSON, f"{' '.join(sorted(tokens))}|{date.iso()}"))
+        keys.append(MatchKey(KeyType.PERSON, f"{' '.join(sorted(tokens))}|{iso}"))
     keys.extend(
-        MatchKey(KeyType.PERSON_PHONETIC, f"{codes}|{date.iso()}")
+        MatchKey(KeyType.PERSON_PHONETIC, f"{codes}|{iso}")
         for codes in _phonetic_names(tokens, abjad=_ARABIC_LETTER.search(name) is not None)
     )
     return tuple(keys)
@@ -912,12 +927,12 @@ def _record_keys(
         except InvalidInputError as exc:
             errors.append(exc)
         try:
-            name_tokens(name)
+            tokens = name_tokens(name)
         except InvalidInputError as exc:
             errors.append(exc)
         else:
             if date is not None:
-                keys.extend(person_keys(name, date))
+                keys.extend(_person_keys(name, tokens, date))
     elif name:
         errors.append(
             InvalidInputError(
@@ -954,6 +969,9 @@ def _record_keys(
     return keys, errors
 
 
+_TYPE_ORDER: Final = {t: i for i, t in enumerate(KeyType)}
+
+
 def match_keys(
     record: Record,
     *,
@@ -974,5 +992,4 @@ def match_keys(
         raise InvalidRecordError(
             [InvalidInputError("the record has no identifier to match on", field="record")]
         )
-    order = {t: i for i, t in enumerate(KeyType)}
-    return tuple(sorted(set(keys), key=lambda k: (order[k.type], k.value)))
+    return tuple(sorted(set(keys), key=lambda k: (_TYPE_ORDER[k.type], k.value)))

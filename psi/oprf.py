@@ -229,8 +229,11 @@ def _composite_weights(
     seed = hashlib.sha512(_prefixed(b) + _prefixed(tags.seed)).digest()
     prefix = _prefixed(seed)
     dst = tags.hash_to_scalar
+    hash_to_scalar = group.hash_to_scalar
     return [
-        group.hash_to_scalar(prefix + _i2osp2(i) + _prefixed(c) + _prefixed(d) + b"Composite", dst)
+        hash_to_scalar(
+            b"".join((prefix, _i2osp2(i), _prefixed(c), _prefixed(d), b"Composite")), dst
+        )
         for i, (c, d) in enumerate(zip(cs, ds, strict=True))
     ]
 

@@ -31,6 +31,7 @@ __all__ = [
     "KeyShare",
     "PartialEvaluation",
     "combine",
+    "finalize",
     "generate_threshold_key",
     "lagrange_coefficient",
     "partial_evaluate",
@@ -250,6 +251,20 @@ def combine(partials: Sequence[PartialEvaluation]) -> list[bytes]:
     for partial in partials[1:]:
         totals = [group.element_add(a, b) for a, b in zip(totals, partial.evaluated, strict=True)]
     return totals
+
+
+def finalize(
+    inputs: Sequence[bytes], blinds: Sequence[bytes], partials: Sequence[PartialEvaluation]
+) -> list[bytes]:
+    """RFC 9497 Finalize over the combined partials: the 64-byte OPRF outputs.
+
+    The partials must have passed `verify_partial` (which decodes every
+    element), so their sums are not decoded again.
+    """
+    combined = combine(partials)
+    if not len(inputs) == len(blinds) == len(combined):
+        raise InvalidInputError("inputs, blinds and evaluated elements differ in length")
+    return oprf._unblind_and_hash(inputs, blinds, combined, None)
 
 
 def verify_and_combine(

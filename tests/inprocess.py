@@ -185,7 +185,7 @@ class Custodians:
         metrics = metrics or AgentMetrics()
         server = grpc.aio.server(interceptors=metrics.rpc.interceptors())
         service = service_class(
-            loaded, self.cache.get, self.executor, max_batch=64, metrics=metrics, **options
+            [loaded], self.cache.get, self.executor, max_batch=64, metrics=metrics, **options
         )
         custodian_pb2_grpc.add_CustodianServicer_to_server(service, server)
         enable_reflection(server, ["blindmatch.v1.Custodian"])

@@ -69,3 +69,20 @@ def test_ceremony_refuses_bad_parameters(federation: Path) -> None:
         ceremony.run_ceremony(federation, epoch=3, threshold_t=2, custodians=["FRA", "XXX"])
     with pytest.raises(pki.PkiError, match="repeats"):
         ceremony.run_ceremony(federation, epoch=3, threshold_t=2, custodians=["FRA", "FRA"])
+
+
+def test_a_custodian_loads_one_share_per_epoch(federation: Path) -> None:
+    custodians = ["FRA", "DEU", "BRA"]
+    ceremony.run_ceremony(federation, epoch=1, threshold_t=2, custodians=custodians)
+    ceremony.run_ceremony(federation, epoch=2, threshold_t=2, custodians=custodians)
+    d = directory(federation)
+    first, second = (ceremony.share_path(federation, e, "FRA") for e in (1, 2))
+    loaded = ceremony.load_shares([second, first], d, "FRA")
+    assert list(loaded) == [1, 2]  # by epoch, oldest first
+    assert loaded[1].share != loaded[2].share
+    # A second file of one epoch is refused, naming both files.
+    copy = federation / "copy-of-epoch-1.share.json"
+    copy.write_bytes(first.read_bytes())
+    with pytest.raises(pki.PkiError, match="second share of epoch 1") as info:
+        ceremony.load_shares([first, second, copy], d, "FRA")
+    assert str(copy) in str(info.value) and str(first) in str(info.value)

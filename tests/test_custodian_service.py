@@ -53,12 +53,15 @@ class Federation:
         *,
         share: threshold.KeyShare | None = None,
         quota: TokenBuckets | None = None,
+        epochs: tuple[int, ...] = (1,),
     ) -> None:
-        loaded = ceremony.load_share(
-            ceremony.share_path(self.root, 1, code), self.cache.get(), code
+        held = ceremony.load_shares(
+            [ceremony.share_path(self.root, e, code) for e in epochs], self.cache.get(), code
         )
+        loaded = list(held.values())
         if share is not None:  # a dishonest custodian answers with another key
-            loaded = ceremony.CustodianShare(code, loaded.epoch, share, loaded.commitments)
+            first = loaded[0]
+            loaded[0] = ceremony.CustodianShare(code, first.epoch, share, first.commitments)
         server = grpc.aio.server()
         custodian_pb2_grpc.add_CustodianServicer_to_server(
             CustodianService(loaded, self.cache.get, self.executor, max_batch=64, quota=quota),
@@ -89,9 +92,11 @@ class Federation:
             await server.stop(None)
 
 
-def expected_tags(root: Path, inputs: list[bytes]) -> list[bytes]:
+def expected_tags(root: Path, inputs: list[bytes], epoch: int = 1) -> list[bytes]:
     d = pki.load_directory(root / "directory.json", root / "ca" / "ca.crt")
-    shares = [ceremony.load_share(ceremony.share_path(root, 1, c), d, c).share for c in CODES[:2]]
+    shares = [
+        ceremony.load_share(ceremony.share_path(root, epoch, c), d, c).share for c in CODES[:2]
+    ]
     key = threshold.recover_key(shares)
     return [tags.tag_from_output(oprf.evaluate(key, x, Mode.VOPRF)) for x in inputs]
 
@@ -283,3 +288,56 @@ def test_quota_refuses_a_fishing_bureau_with_a_retry_hint(
     assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "quota exceeded for USA: 10 blinded elements" in details
     assert 4000 <= int(trailers["retry-after-ms"]) <= 5100
+
+
+def test_custodians_serve_every_epoch_they_hold(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    """During a key transition custodians hold the old and the new epoch's
+    shares: the tagger can tag under either, the default is the newest, and an
+    epoch no custodian holds is refused with FAILED_PRECONDITION naming it."""
+    ceremony.run_ceremony(federation, epoch=2, threshold_t=2, custodians=CODES)
+
+    async def main() -> dict[object, Any]:
+        fed = Federation(federation, executor)
+        out: dict[object, Any] = {}
+        try:
+            for code in CODES:
+                await fed.start(code, epochs=(1, 2))
+            tagger = fed.tagger()
+            out["default"] = await tagger.tag(INPUTS)
+            out[1] = await tagger.tag(INPUTS, 1)
+            out[2] = await tagger.tag(INPUTS, 2)
+            await tagger.close()
+            address = fed.cache.get().bureau("DEU").address
+            creds = pki.TlsFiles.in_folder(federation / "bureaus" / "USA").channel_credentials()
+            async with grpc.aio.secure_channel(address, creds) as channel:
+                stub = custodian_pb2_grpc.CustodianStub(channel)
+                for epoch in (0, 1, 2):
+                    info = await stub.GetKeyInfo(
+                        custodian_pb2.GetKeyInfoRequest(epoch=epoch), timeout=5
+                    )
+                    out[f"info {epoch}"] = (info.epoch, info.group_public_key)
+                _, element = oprf.blind(b"x", Mode.VOPRF)
+                with pytest.raises(grpc.aio.AioRpcError) as info_error:
+                    await stub.Evaluate(
+                        custodian_pb2.EvaluateRequest(
+                            epoch=3, participants=[1, 2], blinded_elements=[element]
+                        ),
+                        timeout=5,
+                    )
+                out["epoch 3"] = (info_error.value.code(), info_error.value.details())
+        finally:
+            await fed.close()
+        return out
+
+    out = run(main())
+    assert out[1] == expected_tags(federation, INPUTS, 1)
+    assert out[2] == out["default"] == expected_tags(federation, INPUTS, 2)
+    assert out[1] != out[2]
+    d = pki.load_directory(federation / "directory.json", federation / "ca" / "ca.crt")
+    assert out["info 1"] == (1, d.epochs[1].commitments[0])
+    assert out["info 2"] == out["info 0"] == (2, d.epochs[2].commitments[0])
+    code, details = out["epoch 3"]
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert details == "custodian DEU holds shares of epochs 1, 2, not of epoch 3"

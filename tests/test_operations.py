@@ -377,6 +377,10 @@ class StuckHub(hub_pb2_grpc.HubServicer):
         self._seen("Enroll")
         await asyncio.Event().wait()  # never reads, never answers
 
+    async def GetStatus(self, request: Any, context: Any) -> Any:
+        # A query asks which key epochs are in use when the directory has several.
+        return hub_pb2.HubStatus(epochs=[1])
+
 
 async def serve_fake_hub(root: Path, servicer: Any) -> grpc.aio.Server:
     server = grpc.aio.server()
