@@ -344,7 +344,7 @@ def hub_group() -> None:
 @click.option("--config", "-c", "config_path", required=True, type=click.Path(path_type=Path))
 @_handles_errors
 def hub_serve(config_path: Path) -> None:
-    """Run the hub (mutual TLS, SQLite store) until SIGTERM."""
+    """Run the hub (mutual TLS, SQLite or PostgreSQL store) until SIGTERM."""
     from hub import server as hub_server
 
     hub_server.run(config_path)
