@@ -353,15 +353,19 @@ class Probe:
             if version is None or not self.hub.address:
                 self._stop.wait(0.01)
                 continue
+            # One query = one snapshot: a version larger than one query is
+            # probed through its first QUERY_LIMIT tags (any subset of a
+            # version must be all visible or none).
+            tags = version.tags[:QUERY_LIMIT]
             try:
-                seen = categories_seen(self.hub, version.tags)
+                seen = categories_seen(self.hub, tags)
             except grpc.RpcError:
                 self._stop.wait(0.01)  # the hub is down (killed): wait for the next run
                 continue
             found = sum(1 for s in seen if version.category in s)
             self.probes += 1
-            if found not in (0, len(version.tags)):
-                self.partial.append((version.category, found, len(version.tags)))
+            if found not in (0, len(tags)):
+                self.partial.append((version.category, found, len(tags)))
 
     def stop(self) -> None:
         self._stop.set()
