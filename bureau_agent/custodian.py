@@ -17,7 +17,6 @@ Rules it enforces before any scalar multiplication:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -112,11 +111,11 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, refused.message("blinded elements")
                 )
-        loop = asyncio.get_running_loop()
         share = held.share
         try:
-            evaluated, proof = await loop.run_in_executor(
+            evaluated, proof = await work.run_job(
                 self._executor,
+                len(blinded),
                 work.custodian_evaluate,
                 share.index,
                 share.value,

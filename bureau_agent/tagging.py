@@ -184,8 +184,9 @@ class ThresholdTagger:
         if not inputs:
             return []
         entry = self.epoch_entry(epoch)
-        loop = asyncio.get_running_loop()
-        blinds, blinded = await loop.run_in_executor(self._executor, work.blind_chunk, list(inputs))
+        blinds, blinded = await work.run_job(
+            self._executor, len(inputs), work.blind_chunk, list(inputs)
+        )
         custodians = self._refresh(entry)
         public = _public_shares(entry)
         excluded: dict[str, str] = {}
@@ -232,8 +233,9 @@ class ThresholdTagger:
                 else:
                     partials.append(answer)
             if len(partials) == len(chosen):
-                finished = await loop.run_in_executor(
+                finished = await work.run_job(
                     self._executor,
+                    len(inputs),
                     work.finish_batch,
                     list(inputs),
                     blinds,
