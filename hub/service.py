@@ -403,7 +403,8 @@ class HubService(hub_pb2_grpc.HubServicer):
         `_BULK_IN_FLIGHT` batches are looked up at once, so that one batch's
         probes overlap another's commit (and concurrent batches share it);
         each answer is sent as soon as it and those before it are ready, so
-        a client that waits for each answer before sending more is served."""
+        a client that waits for each answer before sending more is served.
+        Each batch gets its own audit leaf, in the order the lookups finish."""
         try:
             requester = self._caller(context)
         except Exception as exc:
