@@ -155,8 +155,16 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def encode_tag_batch(tags: np.ndarray, handles: np.ndarray, key_types: np.ndarray) -> bytes:
-    """EnrollRequest{batch: TagBatch{keys}} in protobuf wire format, 40 bytes a key."""
+def encode_tag_batch(
+    tags: np.ndarray, handles: np.ndarray, key_types: np.ndarray, form: str = "columns"
+) -> bytes:
+    """EnrollRequest{batch: TagBatch{columns}} (what the agent sends), or with
+    form "keys" TagBatch{keys} in protobuf wire format, 40 bytes a key."""
+    if form == "columns":
+        columns = common_pb2.TaggedKeyColumns(
+            tags=tags.tobytes(), handles=handles.tobytes(), key_types=key_types.tolist()
+        )
+        return hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(columns=columns)).SerializeToString()
     n = len(tags)
     rows = np.empty((n, 40), dtype=np.uint8)
     rows[:, 0:2] = (0x0A, 38)  # TagBatch.keys (1), a 38-byte TaggedKey
@@ -170,8 +178,16 @@ def encode_tag_batch(tags: np.ndarray, handles: np.ndarray, key_types: np.ndarra
     return b"\x12" + _varint(len(body)) + body  # EnrollRequest.batch (2)
 
 
-def encode_bulk_batch(batch_id: int, tags: np.ndarray, key_types: np.ndarray) -> bytes:
-    """BulkMatchRequest{batch_id, epoch, tags} in protobuf wire format, 22 bytes a tag."""
+def encode_bulk_batch(
+    batch_id: int, tags: np.ndarray, key_types: np.ndarray, form: str = "columns"
+) -> bytes:
+    """BulkMatchRequest{batch_id, epoch, columns} (what the agent sends), or
+    with form "keys" {batch_id, epoch, tags} in protobuf wire format, 22 bytes a tag."""
+    if form == "columns":
+        columns = common_pb2.QueryTagColumns(tags=tags.tobytes(), key_types=key_types.tolist())
+        return hub_pb2.BulkMatchRequest(
+            batch_id=batch_id, epoch=EPOCH, columns=columns
+        ).SerializeToString()
     n = len(tags)
     rows = np.empty((n, 22), dtype=np.uint8)
     rows[:, 0:2] = (0x1A, 20)  # BulkMatchRequest.tags (3), a 20-byte QueryTag
@@ -206,7 +222,7 @@ def check_encoders() -> None:
             ]
         )
     ).SerializeToString()
-    assert encode_tag_batch(keys.tags, keys.handles, keys.key_types) == expected
+    assert encode_tag_batch(keys.tags, keys.handles, keys.key_types, "keys") == expected
     expected = hub_pb2.BulkMatchRequest(
         batch_id=300,
         epoch=EPOCH,
@@ -215,7 +231,7 @@ def check_encoders() -> None:
             for t, k in zip(keys.tags, keys.key_types, strict=True)
         ],
     ).SerializeToString()
-    assert encode_bulk_batch(300, keys.tags, keys.key_types) == expected
+    assert encode_bulk_batch(300, keys.tags, keys.key_types, "keys") == expected
     manual = hashlib.sha256()
     for t, h, k in zip(keys.tags, keys.handles, keys.key_types, strict=True):
         manual.update(t.tobytes() + h.tobytes() + bytes([int(k)]))
@@ -445,7 +461,9 @@ def channel_for(federation: Path, code: str, address: str, index: int = 0) -> gr
 # -- ingest ---------------------------------------------------------------------
 
 
-async def enroll_dataset(channel: grpc.aio.Channel, keys: Keys, j: int, batch: int) -> int:
+async def enroll_dataset(
+    channel: grpc.aio.Channel, keys: Keys, j: int, batch: int, form: str
+) -> int:
     lo, hi = keys.bounds[j], keys.bounds[j + 1]
     enroll: grpc.aio.StreamUnaryMultiCallable[bytes, hub_pb2.EnrollResponse] = channel.stream_unary(
         "/blindmatch.v1.Hub/Enroll",
@@ -464,7 +482,7 @@ async def enroll_dataset(channel: grpc.aio.Channel, keys: Keys, j: int, batch: i
         yield header
         for start in range(0, hi - lo, batch):
             end = start + batch
-            yield encode_tag_batch(tags[start:end], handles[start:end], kts[start:end])
+            yield encode_tag_batch(tags[start:end], handles[start:end], kts[start:end], form)
         yield trailer
 
     call = enroll()
@@ -477,7 +495,13 @@ async def enroll_dataset(channel: grpc.aio.Channel, keys: Keys, j: int, batch: i
 
 
 async def ingest(
-    federation: Path, address: str, keys: Keys, owners: Sequence[str], streams: int, batch: int
+    federation: Path,
+    address: str,
+    keys: Keys,
+    owners: Sequence[str],
+    streams: int,
+    batch: int,
+    form: str,
 ) -> dict[str, Any]:
     channels = {code: channel_for(federation, code, address, i) for i, code in enumerate(owners)}
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -492,7 +516,7 @@ async def ingest(
         nonlocal done
         while not queue.empty():
             j = queue.get_nowait()
-            enrolled = await enroll_dataset(channels[owners[j % len(owners)]], keys, j, batch)
+            enrolled = await enroll_dataset(channels[owners[j % len(owners)]], keys, j, batch, form)
             done += enrolled
             progress.append((time.perf_counter() - start, done))
             if len(progress) % max(1, datasets // 10) == 0:
@@ -673,7 +697,7 @@ async def latency_sweep(
 
 
 async def bulk_match(
-    federation: Path, address: str, tags: np.ndarray, kts: np.ndarray, ahead: int = 4
+    federation: Path, address: str, tags: np.ndarray, kts: np.ndarray, form: str, ahead: int = 4
 ) -> dict[str, Any]:
     """One BulkMatch stream of `tags` in batches of 10,000, `ahead` batches in flight."""
     channel = channel_for(federation, QUERIER, address, 99)
@@ -682,7 +706,7 @@ async def bulk_match(
         "/blindmatch.v1.Hub/BulkMatch", request_serializer=None, response_deserializer=None
     )
     messages = [
-        encode_bulk_batch(b + 1, tags[s : s + BATCH], kts[s : s + BATCH])
+        encode_bulk_batch(b + 1, tags[s : s + BATCH], kts[s : s + BATCH], form)
         for b, s in enumerate(range(0, len(tags), BATCH))
     ]
     matched = np.zeros(len(tags), dtype=bool)
@@ -897,6 +921,7 @@ class Args:
     clients: int
     ingest_streams: int
     enroll_batch: int
+    form: str
     profile: Path | None
     seed: int
     wait_quiet: float
@@ -922,7 +947,15 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
         cpu0 = proc_cpu_seconds(hub.pid)
         with profile("ingest") as prof, Foreign() as other:
             ingest_row = asyncio.run(
-                ingest(federation, address, keys, owners, args.ingest_streams, args.enroll_batch)
+                ingest(
+                    federation,
+                    address,
+                    keys,
+                    owners,
+                    args.ingest_streams,
+                    args.enroll_batch,
+                    args.form,
+                )
             )
         ingest_row["hub_cpu_seconds"] = proc_cpu_seconds(hub.pid) - cpu0
         ingest_row["machine"] = other.result
@@ -944,7 +977,7 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
         quiet["bulk"] = wait_for_quiet(args.wait_quiet)
         cpu0 = proc_cpu_seconds(hub.pid)
         with profile("bulk") as prof, Foreign() as other:
-            bulk = asyncio.run(bulk_match(federation, address, qtags, qkts))
+            bulk = asyncio.run(bulk_match(federation, address, qtags, qkts, args.form))
         bulk["hub_cpu_seconds"] = proc_cpu_seconds(hub.pid) - cpu0
         bulk["machine"] = other.result
         if prof.enabled:
@@ -1017,6 +1050,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--ingest-streams", type=int, default=2, help="enrollments in flight")
     parser.add_argument("--enroll-batch", type=int, default=BATCH, help="keys per TagBatch")
+    parser.add_argument("--form", choices=["columns", "keys"], default="columns",
+                        help="how batches carry keys: TaggedKeyColumns (the agent's form) or one message per key")
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--profile", action="store_true", help="sample the hub with py-spy")
     parser.add_argument("--profile-dir", type=Path, default=PROFILES, help="py-spy's collapsed stacks")
@@ -1029,7 +1064,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tags=ns.tags, datasets=ns.datasets, owners=min(ns.owners, len(OWNER_CODES)), bulk=ns.bulk,
         hit_rate=ns.hit_rate, rates=[float(r) for r in ns.rates.split(",")],
         step_seconds=ns.step_seconds, clients=ns.clients, ingest_streams=ns.ingest_streams,
-        enroll_batch=ns.enroll_batch, profile=ns.profile_dir if ns.profile else None, seed=ns.seed,
+        enroll_batch=ns.enroll_batch, form=ns.form, profile=ns.profile_dir if ns.profile else None, seed=ns.seed,
         wait_quiet=ns.wait_quiet,
     )  # fmt: skip
     stores = [s.strip() for s in ns.stores.split(",") if s.strip()]

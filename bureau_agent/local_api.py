@@ -305,20 +305,19 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 async for batch, by_epoch in self._tagged(batches, [epoch]):
                     tags = by_epoch[epoch]
                     types = [key_type_to_proto(k.type) for k in batch.keys]
-                    keys = [
-                        common_pb2.TaggedKey(tag=t, handle=h, key_type=kt)
-                        for t, h, kt in zip(tags, batch.handles, types, strict=True)
-                    ]
                     digest.update(
                         b"".join(
                             t + h + _BYTE[kt]
                             for t, h, kt in zip(tags, batch.handles, types, strict=True)
                         )
                     )
-                    tag_count += len(keys)
-                    if keys:
+                    tag_count += len(tags)
+                    if tags:
+                        columns = common_pb2.TaggedKeyColumns(
+                            tags=b"".join(tags), handles=b"".join(batch.handles), key_types=types
+                        )
                         await self._send(
-                            call, hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=keys))
+                            call, hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(columns=columns))
                         )
                     for r in batch.rejections:
                         yield agent_pb2.LocalEnrollEvent(rejection=_rejection(r))
@@ -594,10 +593,10 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         hub_pb2.BulkMatchRequest(
                             batch_id=batch_id,
                             epoch=epoch,
-                            tags=[
-                                common_pb2.QueryTag(tag=t, key_type=key_type_to_proto(k.type))
-                                for t, k in zip(tags, batch.keys, strict=True)
-                            ],
+                            columns=common_pb2.QueryTagColumns(
+                                tags=b"".join(tags),
+                                key_types=[key_type_to_proto(k.type) for k in batch.keys],
+                            ),
                             include_own=request.include_own,
                         ),
                     )

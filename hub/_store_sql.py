@@ -27,7 +27,6 @@ import enum
 import functools
 import hashlib
 import logging
-import operator
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from hub.audit import AuditTree, check_entries_range
+from hub.columns import KeyColumns, QueryColumns, concat, key_columns, query_columns, split
 from hub.disclosure import (
     Case,
     Direction,
@@ -76,14 +76,12 @@ from hub.policy import (
 from psi.audit import EntryKind, encode_entry
 from psi.disclosure import DisclosureDecision, DisclosureRequest, Outcome
 
-__all__ = ["Db", "Rows", "SqlEnrollment", "SqlStore", "StagedRow", "TagRow"]
+__all__ = ["Db", "Rows", "SqlEnrollment", "SqlStore", "TagRow"]
 
 log = logging.getLogger("blindmatch.hub.store")
 
 T = TypeVar("T")
 
-# (tag, dataset_id, gen, handle, key_type): a row `_stage` writes (added = 0).
-StagedRow = tuple[bytes, int, int, bytes, int]
 # (tag, dataset_id, gen, handle, key_type, added, removed_at): a row of
 # `tags` as read, with its tombstone's removed_at (None without one).
 TagRow = tuple[bytes, int, int, bytes, int, int, int | None]
@@ -145,10 +143,11 @@ class Db(Protocol):
         SQLite: one dataset; PostgreSQL: 1/256 of the tag range."""
         ...
 
-    def insert_staged(self, rows: Sequence[StagedRow]) -> int:
-        """Insert rows (added = 0), ignoring any already there; how many were
-        new.  SQLite: INSERT OR IGNORE; PostgreSQL: COPY, falling back to an
-        INSERT ... ON CONFLICT DO NOTHING from a temporary table on a duplicate."""
+    def insert_staged(self, dataset_id: int, gen: int, keys: KeyColumns) -> int:
+        """Insert a row (added = 0) for each key of (dataset_id, gen), sorted
+        by tag, ignoring any already there; how many were new.  SQLite:
+        INSERT OR IGNORE; PostgreSQL: a binary COPY, falling back to an INSERT
+        ... ON CONFLICT DO NOTHING from a temporary table on a duplicate."""
         ...
 
     def lock_staging(self, dataset_id: int) -> int | None:
@@ -190,8 +189,11 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+MATCH_ID_LENGTH = 16
+
+
 def _new_match_id() -> bytes:
-    return secrets.token_bytes(16)
+    return secrets.token_bytes(MATCH_ID_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -479,22 +481,16 @@ def _stage(
     spec: EnrollSpec,
     dataset_id: int,
     gen: int,
-    keys: Sequence[TaggedKey],
+    keys: KeyColumns,
 ) -> int:
     _check_staging(db, owner, spec, dataset_id, gen)
     # Sorted by tag, the inserts walk the B-tree in order (fewer page visits).
     # The sort is stable and a row already there is kept, so of two keys with
     # one (tag, handle) the first sent wins.
-    codes = KEY_TYPE_CODES
-    rows = [(k.tag, dataset_id, gen, k.handle, codes[k.key_type]) for k in keys]
-    rows.sort(key=_first)
-    stored = db.insert_staged(rows)
+    stored = db.insert_staged(dataset_id, gen, keys.sorted_by_tag())
     if spec.policy.linkable:
-        _probe(db, owner, dataset_id, gen, spec.epoch, keys)
+        _probe(db, owner, dataset_id, gen, spec.epoch, keys.keys())
     return stored
-
-
-_first = operator.itemgetter(0)
 
 
 def _group_by_tag(rows: Iterable[TagRow]) -> dict[bytes, list[TagRow]]:
@@ -890,29 +886,29 @@ def _lookup(
     live: _LiveCache,
     requester: str,
     epoch: int,
-    tags: Sequence[QueryTag],
+    tags: QueryColumns,
     include_own: bool,
 ) -> tuple[list[_RawHit], int]:
     searched = {
-        d.id: d
-        for d in live.get(db).by_epoch.get(epoch, ())
-        if include_own or d.owner != requester
+        d.id: d for d in live.get(db).by_epoch.get(epoch, ()) if include_own or d.owner != requester
     }
     hits: list[_RawHit] = []
     if not searched:
         return hits, 0
-    by_tag = _group_by_tag(db.tag_rows([q.tag for q in tags]))
+    tag_list = tags.tag_list()
+    by_tag = _group_by_tag(db.tag_rows(tag_list))
     if not by_tag:
         return hits, len(searched)
-    for index, query in enumerate(tags):
-        if query.tag not in by_tag:
+    codes = tags.codes
+    for index, tag in enumerate(tag_list):
+        if tag not in by_tag:
             continue
-        code = KEY_TYPE_CODES[query.key_type]
-        for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag[query.tag]:
+        code = codes[index]
+        for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag[tag]:
             d = searched.get(dataset_id)
             if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
                 continue
-            hits.append(_RawHit(index, d, handle, code, query.tag))
+            hits.append(_RawHit(index, d, handle, code, tag))
     return hits, len(searched)
 
 
@@ -934,9 +930,10 @@ def _record_query(
     now = _now_ms()
     hits = []
     rows = []
-    for r in raw:
+    # One read of the system's random source for every id of the query.
+    ids = split(secrets.token_bytes(MATCH_ID_LENGTH * len(raw)), MATCH_ID_LENGTH)
+    for r, match_id in zip(raw, ids, strict=True):
         d = r.dataset
-        match_id = _new_match_id()
         rows.append(
             (match_id, _QUERY_MATCH, requester, d.owner, d.id, r.handle, r.key_type, now, r.tag)
         )
@@ -1393,13 +1390,19 @@ class SqlStore(abc.ABC):
     # -- lookups --------------------------------------------------------------
 
     async def query(
-        self, requester: str, epoch: int, tags: Sequence[QueryTag], *, include_own: bool
+        self,
+        requester: str,
+        epoch: int,
+        tags: Sequence[QueryTag] | QueryColumns,
+        *,
+        include_own: bool,
     ) -> QueryResult:
         """Find hits on a read snapshot, then record them as matches, with
         the query's audit leaf (see `_record`)."""
-        read = self._read_small if len(tags) <= _SMALL_QUERY else self._read
+        columns = query_columns(tags)
+        read = self._read_small if len(columns) <= _SMALL_QUERY else self._read
         raw, searched = await read(
-            lambda db: _lookup(db, self._live, requester, epoch, tags, include_own)
+            lambda db: _lookup(db, self._live, requester, epoch, columns, include_own)
         )
         hits, index = await self._record(_QueryRecord(requester, len(tags), raw))
         return QueryResult(hits=tuple(hits), datasets_searched=searched, audit_index=index)
@@ -1650,7 +1653,8 @@ class SqlEnrollment:
         self._dataset_id = dataset_id
         self._gen = gen
         self._digest = KeyDigest()
-        self._pending: list[TaggedKey] = []
+        self._pending: list[KeyColumns] = []
+        self._pending_count = 0
         self._stored = 0
         self._finished = False
 
@@ -1665,17 +1669,20 @@ class SqlEnrollment:
                 f"the enrollment of {self._owner}/{self._spec.name} has already ended"
             )
 
-    async def add(self, keys: Sequence[TaggedKey]) -> None:
+    async def add(self, keys: Sequence[TaggedKey] | KeyColumns) -> None:
         """Buffer keys and stage them a chunk at a time."""
         self._check_open()
-        self._digest.update(keys)
-        self._pending.extend(keys)
-        if len(self._pending) >= _CHUNK:
+        columns = key_columns(keys)
+        self._digest.update_packed(columns.digest_input(), len(columns))
+        self._pending.append(columns)
+        self._pending_count += len(columns)
+        if self._pending_count >= _CHUNK:
             await self._flush()
 
     async def _flush(self) -> None:
-        keys, self._pending = self._pending, []
-        if keys:
+        pending, self._pending, self._pending_count = self._pending, [], 0
+        keys = concat(pending)
+        if len(keys):
             # Only a linkable dataset's rows are probed for standing matches,
             # which needs the writes serialized (see `hub.store`).
             self._stored += await self._store._write(

@@ -29,7 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Candidate", "Prefixes", "Run", "TagLocator", "build_run", "prefixes_of"]
+__all__ = [
+    "Candidate",
+    "Prefixes",
+    "Run",
+    "TagLocator",
+    "build_run",
+    "packed_prefixes",
+    "prefixes_of",
+]
 
 _PREFIX = np.dtype("<u8")  # the first 8 bytes of a tag, as a native integer
 _SLOT = np.dtype("<u4")
@@ -68,9 +76,19 @@ def prefixes_of(tags: Sequence[bytes]) -> Prefixes:
     if width < 8 or len(joined) != width * len(tags):
         # Mixed lengths: slower, still exact.
         return np.frombuffer(b"".join(t[:8] for t in tags), dtype=_PREFIX).copy()
-    return np.frombuffer(joined, dtype=np.uint8).reshape(len(tags), width)[:, :8].copy().view(
-        _PREFIX
-    ).reshape(len(tags))
+    return packed_prefixes(joined, width)
+
+
+def packed_prefixes(packed: bytes, width: int) -> Prefixes:
+    """The 64-bit prefix of each `width`-byte tag concatenated in `packed`."""
+    count = len(packed) // width
+    return (
+        np.frombuffer(packed, dtype=np.uint8, count=count * width)
+        .reshape(count, width)[:, :8]
+        .copy()
+        .view(_PREFIX)
+        .reshape(count)
+    )
 
 
 def build_run(prefixes: Prefixes, slots: Slots) -> Run:
@@ -124,9 +142,12 @@ class TagLocator:
 
     def note(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:
         """Record that rows of (dataset, gen) with these tags may exist."""
-        if not tags:
+        self.note_prefixes(dataset_id, gen, prefixes_of(tags))
+
+    def note_prefixes(self, dataset_id: int, gen: int, prefixes: Prefixes) -> None:
+        """`note` of the tags with these prefixes."""
+        if not prefixes.shape[0]:
             return
-        prefixes = prefixes_of(tags)
         with self._lock:
             slot = self._slot_locked(dataset_id, gen)
             run = build_run(prefixes, np.full(prefixes.shape[0], slot, dtype=_SLOT))

@@ -234,6 +234,12 @@ class KeyDigest:
         self._hash.update(b"".join(chunk))
         self.count += len(chunk)
 
+    def update_packed(self, digest_input: bytes, count: int) -> None:
+        """Account for the next `count` keys, given their tag || handle ||
+        key-type byte concatenated (`hub.columns.KeyColumns.digest_input`)."""
+        self._hash.update(digest_input)
+        self.count += count
+
     def digest(self) -> bytes:
         """The SHA-256 of the keys so far."""
         return self._hash.digest()

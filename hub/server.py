@@ -176,7 +176,7 @@ async def serve(
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         directory_source = directory.get if directory is not None else None
         hub_pb2_grpc.add_HubServicer_to_server(

@@ -23,6 +23,7 @@ trailer, logged, counted and appended to the audit log as a quota refusal.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import logging
 import secrets
@@ -45,6 +46,14 @@ from bureau_agent import pki
 from bureau_agent.quota import TokenBuckets
 from hub import audit, disclosure, policy
 from hub.audit import TreeHeadSigner
+from hub.columns import (
+    KeyColumns,
+    QueryColumns,
+    key_columns,
+    make_key_columns,
+    make_query_columns,
+    query_columns,
+)
 from hub.errors import (
     AlreadyExistsError,
     ConcurrentEnrollmentError,
@@ -230,6 +239,32 @@ class HubService(hub_pb2_grpc.HubServicer):
         policy.check_request_size(len(tags), self._max_tags, field=field)
         return policy.make_query_tags(((t.tag, t.key_type) for t in tags), field=field)
 
+    def _batch_keys(self, batch: hub_pb2.TagBatch, field: str) -> KeyColumns:
+        """A TagBatch's keys, from either of its forms."""
+        if not batch.HasField("columns"):
+            return key_columns(self._keys(batch.keys, f"{field}: keys"))
+        if batch.keys:
+            raise InvalidInputError("carries both keys and columns; send one of them", field=field)
+        columns = batch.columns
+        policy.check_request_size(
+            len(columns.tags) // policy.TAG_LENGTH, self._max_tags, field=f"{field}: columns"
+        )
+        return make_key_columns(
+            columns.tags, columns.handles, columns.key_types, field=f"{field}: columns"
+        )
+
+    def _bulk_tags(self, request: hub_pb2.BulkMatchRequest) -> QueryColumns:
+        """A BulkMatchRequest's tags, from either of its forms."""
+        if not request.HasField("columns"):
+            return query_columns(self._query_tags(request.tags))
+        if request.tags:
+            raise InvalidInputError("carries both tags and columns; send one of them", field="tags")
+        columns = request.columns
+        policy.check_request_size(
+            len(columns.tags) // policy.TAG_LENGTH, self._max_tags, field="columns"
+        )
+        return make_query_columns(columns.tags, columns.key_types, field="columns")
+
     @staticmethod
     def _spec(owner: str, header: hub_pb2.EnrollHeader) -> policy.EnrollSpec:
         return policy.EnrollSpec(
@@ -294,7 +329,7 @@ class HubService(hub_pb2_grpc.HubServicer):
             async for message in request_iterator:
                 part = message.WhichOneof("part")
                 if part == "batch":
-                    await enrollment.add(self._keys(message.batch.keys, f"batch {batches}: keys"))
+                    await enrollment.add(self._batch_keys(message.batch, f"batch {batches}"))
                     batches += 1
                 elif part == "trailer":
                     result = await enrollment.commit(
@@ -365,20 +400,17 @@ class HubService(hub_pb2_grpc.HubServicer):
         self,
         requester: str,
         epoch: int,
-        tags: Sequence[common_pb2.QueryTag],
+        tags: Callable[[], list[policy.QueryTag] | QueryColumns],
         include_own: bool,
         operation: str,
     ) -> _Answer:
-        policy.check_request_size(len(tags), self._max_tags, field="tags")
-        await self._spend(requester, len(tags), operation)
+        """Validate the request's `tags`, spend the caller's quota, look them up."""
+        epoch = policy.check_epoch(epoch)
+        found = tags()
+        await self._spend(requester, len(found), operation)
         if self._metrics is not None:
-            self._metrics.queried_tags.inc(len(tags))
-        result = await self._store.query(
-            requester,
-            policy.check_epoch(epoch),
-            self._query_tags(tags),
-            include_own=include_own,
-        )
+            self._metrics.queried_tags.inc(len(found))
+        result = await self._store.query(requester, epoch, found, include_own=include_own)
         return [self._match(hit) for hit in result.hits], result
 
     async def Query(self, request: hub_pb2.QueryRequest, context: Context) -> hub_pb2.QueryResponse:
@@ -386,7 +418,11 @@ class HubService(hub_pb2_grpc.HubServicer):
         try:
             requester = self._caller(context)
             matches, result = await self._lookup(
-                requester, request.epoch, request.tags, request.include_own, "query"
+                requester,
+                request.epoch,
+                lambda: self._query_tags(request.tags),
+                request.include_own,
+                "query",
             )
         except Exception as exc:
             await _abort(context, exc)
@@ -417,7 +453,11 @@ class HubService(hub_pb2_grpc.HubServicer):
                 async for request in request_iterator:
                     await slots.acquire()
                     lookup = self._lookup(
-                        requester, request.epoch, request.tags, request.include_own, "bulk_match"
+                        requester,
+                        request.epoch,
+                        functools.partial(self._bulk_tags, request),
+                        request.include_own,
+                        "bulk_match",
                     )
                     started.put_nowait((request.batch_id, asyncio.create_task(lookup)))
             finally:

@@ -89,17 +89,19 @@ from typing import Protocol, TypeVar
 from hub._store_sql import (
     Db,
     SqlStore,
-    StagedRow,
     TagRow,
     _next_expiry,
     _recover,
     _Written,
 )
 from hub.audit import AuditTree
+from hub.columns import KeyColumns, QueryColumns, split
 from hub.disclosure import Case, Direction, DisclosurePage, Receipt, Ticket
 from hub.errors import StorageError
-from hub.locator import Prefixes, TagLocator, prefixes_of
+from hub.locator import Prefixes, TagLocator, packed_prefixes, prefixes_of
 from hub.policy import (
+    HANDLE_LENGTH,
+    TAG_LENGTH,
     DatasetInfo,
     EnrollResult,
     EnrollSpec,
@@ -128,7 +130,7 @@ class Enrollment(Protocol):
         """The dataset's name."""
         ...
 
-    async def add(self, keys: Sequence[TaggedKey]) -> None:
+    async def add(self, keys: Sequence[TaggedKey] | KeyColumns) -> None:
         """Stage the next keys of the stream (invisible until commit)."""
         ...
 
@@ -165,7 +167,12 @@ class TagStore(Protocol):
         ...
 
     async def query(
-        self, requester: str, epoch: int, tags: Sequence[QueryTag], *, include_own: bool
+        self,
+        requester: str,
+        epoch: int,
+        tags: Sequence[QueryTag] | QueryColumns,
+        *,
+        include_own: bool,
     ) -> QueryResult:
         """Look up tags in every live dataset of `epoch` (other bureaus' only,
         unless `include_own`); record each hit as a match with a fresh id."""
@@ -474,12 +481,17 @@ class _SqliteDb:
     def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:
         self._locator.note(dataset_id, gen, tags)
 
-    def insert_staged(self, rows: Sequence[StagedRow]) -> int:
-        by_generation: dict[tuple[int, int], list[bytes]] = {}
-        for tag, dataset_id, gen, _, _ in rows:
-            by_generation.setdefault((dataset_id, gen), []).append(tag)
-        for (dataset_id, gen), tags in by_generation.items():
-            self._locator.note(dataset_id, gen, tags)
+    def insert_staged(self, dataset_id: int, gen: int, keys: KeyColumns) -> int:
+        self._locator.note_prefixes(dataset_id, gen, packed_prefixes(keys.tags, TAG_LENGTH))
+        # The rows are made as SQLite's executemany asks for them, from
+        # columns split in C: no Python loop over the keys.
+        rows = zip(
+            split(keys.tags, TAG_LENGTH),
+            itertools.repeat(dataset_id),
+            itertools.repeat(gen),
+            split(keys.handles, HANDLE_LENGTH),
+            keys.codes,  # iterating bytes yields the codes as ints
+        )
         return self._conn.executemany(
             "INSERT OR IGNORE INTO tags (tag, dataset_id, gen, handle, key_type, added) "
             "VALUES (?, ?, ?, ?, ?, 0)",

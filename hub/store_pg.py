@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
 import psycopg
 import psycopg_pool
 from psycopg.rows import TupleRow
@@ -59,7 +60,6 @@ from hub._store_sql import (
     Db,
     SqlEnrollment,
     SqlStore,
-    StagedRow,
     TagRow,
     _begin,
     _drop_staging,
@@ -67,8 +67,9 @@ from hub._store_sql import (
     _update,
     _Written,
 )
+from hub.columns import KeyColumns
 from hub.errors import StorageError
-from hub.policy import EnrollSpec, TaggedKey, UpdateResult
+from hub.policy import HANDLE_LENGTH, TAG_LENGTH, EnrollSpec, TaggedKey, UpdateResult
 
 __all__ = ["SCHEMA_VERSION", "PostgresTagStore", "describe_dsn"]
 
@@ -246,6 +247,49 @@ def describe_dsn(dsn: str) -> str:
     return "postgres " + (" ".join(shown) or "(libpq defaults)")
 
 
+# One row of `tags` in PostgreSQL's binary COPY format: a field count, then
+# each field's length and big-endian value (tag, dataset_id, gen, handle,
+# key_type, added).
+_COPY_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("tag_length", ">i4"),
+        ("tag", f"V{TAG_LENGTH}"),
+        ("dataset_id_length", ">i4"),
+        ("dataset_id", ">i4"),
+        ("gen_length", ">i4"),
+        ("gen", ">i4"),
+        ("handle_length", ">i4"),
+        ("handle", f"V{HANDLE_LENGTH}"),
+        ("key_type_length", ">i4"),
+        ("key_type", ">i2"),
+        ("added_length", ">i4"),
+        ("added", ">i4"),
+    ]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def copy_data(dataset_id: int, gen: int, keys: KeyColumns) -> bytes:
+    """The rows (added = 0) of `keys` in (dataset_id, gen) as a binary COPY
+    stream, built column by column rather than row by row."""
+    rows = np.zeros(len(keys), dtype=_COPY_ROW)
+    rows["fields"] = 6
+    rows["tag_length"] = TAG_LENGTH
+    rows["tag"] = np.frombuffer(keys.tags, dtype=f"V{TAG_LENGTH}")
+    rows["dataset_id_length"] = 4
+    rows["dataset_id"] = dataset_id
+    rows["gen_length"] = 4
+    rows["gen"] = gen
+    rows["handle_length"] = HANDLE_LENGTH
+    rows["handle"] = np.frombuffer(keys.handles, dtype=f"V{HANDLE_LENGTH}")
+    rows["key_type_length"] = 2
+    rows["key_type"] = np.frombuffer(keys.codes, dtype=np.uint8)
+    rows["added_length"] = 4
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+
+
 @functools.lru_cache(maxsize=512)
 def _pg(sql: str) -> str:
     """The shared SQL's `?` placeholders as psycopg's `%s`."""
@@ -283,7 +327,7 @@ class _PgDb:
         rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
         return rows
 
-    def _copy(self, table: str, rows: Sequence[StagedRow]) -> None:
+    def _copy(self, table: str, data: bytes) -> None:
         with (
             self._conn.cursor() as cursor,
             cursor.copy(
@@ -291,24 +335,23 @@ class _PgDb:
                 "FROM STDIN (FORMAT BINARY)"
             ) as copy,
         ):
-            copy.set_types(["bytea", "integer", "integer", "bytea", "smallint", "integer"])
-            for tag, dataset_id, gen, handle, key_type in rows:
-                copy.write_row((tag, dataset_id, gen, handle, key_type, 0))
+            copy.write(data)
 
-    def insert_staged(self, rows: Sequence[StagedRow]) -> int:
-        if not rows:
+    def insert_staged(self, dataset_id: int, gen: int, keys: KeyColumns) -> int:
+        if not len(keys):
             return 0
+        data = copy_data(dataset_id, gen, keys)
         try:
             with self._conn.transaction():  # a savepoint
-                self._copy("tags", rows)
-            return len(rows)
+                self._copy("tags", data)
+            return len(keys)
         except psycopg.errors.UniqueViolation:
             pass  # a key sent again in a later chunk: insert what is new
         self._conn.execute(
             "CREATE TEMPORARY TABLE IF NOT EXISTS staged_tags "
             "(LIKE tags INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        self._copy("staged_tags", rows)
+        self._copy("staged_tags", data)
         inserted = self._conn.execute(
             "INSERT INTO tags (tag, dataset_id, gen, handle, key_type, added) "
             "SELECT tag, dataset_id, gen, handle, key_type, added FROM staged_tags "

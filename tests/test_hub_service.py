@@ -30,6 +30,7 @@ from hub.server import serve
 from tests.stores import StoreBackend
 
 PASSPORT = common_pb2.KEY_TYPE_PASSPORT
+PERSON = common_pb2.KEY_TYPE_PERSON
 PHONETIC = common_pb2.KEY_TYPE_PERSON_PHONETIC
 LINKABLE = common_pb2.DatasetPolicy(linkable=True)
 BUREAUS = ("FRA", "DEU", "ITA")
@@ -304,6 +305,116 @@ def test_bulk_match_answers_each_batch_in_order(federation: Federation, config: 
         assert "batch_id 7: tags[0].tag" in (caught.value.details() or "")
 
     run_with_hub(federation, config, scenario)
+
+
+def key_columns(ks: Sequence[common_pb2.TaggedKey]) -> common_pb2.TaggedKeyColumns:
+    return common_pb2.TaggedKeyColumns(
+        tags=b"".join(k.tag for k in ks),
+        handles=b"".join(k.handle for k in ks),
+        key_types=[k.key_type for k in ks],
+    )
+
+
+def test_column_batches_match_message_batches(federation: Federation, config: HubConfig) -> None:
+    """The columnar forms of TagBatch and BulkMatchRequest carry the same
+    keys as the per-key messages: mixed in one stream, under one digest."""
+    fra = [*keys(40), *keys(20, PERSON)]
+
+    async def scenario(hub: Hub) -> None:
+        header = hub_pb2.EnrollHeader(dataset="w", epoch=1)
+        stream = [
+            hub_pb2.EnrollRequest(header=header),
+            hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(keys=fra[:25])),
+            hub_pb2.EnrollRequest(batch=hub_pb2.TagBatch(columns=key_columns(fra[25:]))),
+            hub_pb2.EnrollRequest(
+                trailer=hub_pb2.EnrollTrailer(tag_count=len(fra), digest=digest(fra))
+            ),
+        ]
+        response = await hub.FRA.Enroll(iter(stream), timeout=10)
+        assert response.tag_count == 60
+        asked = [*keys(3), fra[2], fra[30], *keys(2), fra[59]]
+        # The right tag under another key type is no hit.
+        asked.append(common_pb2.TaggedKey(tag=fra[50].tag, key_type=PASSPORT))
+        bulk = hub_pb2.BulkMatchRequest(
+            batch_id=1,
+            epoch=1,
+            columns=common_pb2.QueryTagColumns(
+                tags=b"".join(k.tag for k in asked), key_types=[k.key_type for k in asked]
+            ),
+        )
+        [answer] = [a async for a in hub.DEU.BulkMatch(iter([bulk]), timeout=10)]
+        assert sorted(m.query_index for m in answer.matches) == [3, 4, 7]
+        assert sorted(m.query_index for m in answer.matches) == await hit_indices(hub.DEU, asked)
+        assert {m.key_type for m in answer.matches if m.query_index == 7} == {PERSON}
+
+        # Bad columns: each error names the batch, the column and, where it can, the key.
+        def enrolling(columns: common_pb2.TaggedKeyColumns, **extra: Any) -> Any:
+            batch = hub_pb2.TagBatch(columns=columns, **extra)
+            return hub.DEU.Enroll(
+                iter([hub_pb2.EnrollRequest(header=header), hub_pb2.EnrollRequest(batch=batch)]),
+                timeout=10,
+            )
+
+        good = key_columns(keys(4))
+        cases: list[tuple[common_pb2.TaggedKeyColumns, dict[str, Any], list[str]]] = [
+            (
+                common_pb2.TaggedKeyColumns(
+                    tags=good.tags[:-1], handles=good.handles, key_types=good.key_types
+                ),
+                {},
+                ["batch 0: columns.tags", "63 bytes", "16-byte"],
+            ),
+            (
+                common_pb2.TaggedKeyColumns(
+                    tags=good.tags, handles=good.handles[:32], key_types=good.key_types
+                ),
+                {},
+                ["batch 0: columns.handles", "2 handles for 4 tags"],
+            ),
+            (
+                common_pb2.TaggedKeyColumns(
+                    tags=good.tags, handles=good.handles, key_types=[PASSPORT] * 3
+                ),
+                {},
+                ["batch 0: columns.key_types", "3 entries for 4 tags"],
+            ),
+            (
+                common_pb2.TaggedKeyColumns(
+                    tags=good.tags, handles=good.handles, key_types=[PASSPORT, PASSPORT, 0, 99]
+                ),
+                {},
+                ["batch 0: columns.key_types[2]", "unspecified"],
+            ),
+            (good, {"keys": keys(1)}, ["batch 0", "both keys and columns"]),
+        ]
+        for columns, extra, fragments in cases:
+            await fails(enrolling(columns, **extra), grpc.StatusCode.INVALID_ARGUMENT, *fragments)
+        too_many = common_pb2.QueryTagColumns(
+            tags=bytes(16 * 10_001), key_types=[PASSPORT] * 10_001
+        )
+        bad_bulk = [
+            hub_pb2.BulkMatchRequest(batch_id=5, epoch=1, columns=too_many),
+            hub_pb2.BulkMatchRequest(
+                batch_id=6,
+                epoch=1,
+                columns=common_pb2.QueryTagColumns(tags=bytes(16), key_types=[77]),
+            ),
+        ]
+        for request, fragments in zip(
+            bad_bulk,
+            [["batch_id 5", "at most 10000"], ["batch_id 6: columns.key_types[0]"]],
+            strict=True,
+        ):
+            call = hub.DEU.BulkMatch(iter([request]), timeout=10)
+            await fails(_drain(call), grpc.StatusCode.INVALID_ARGUMENT, *fragments)
+        # Nothing was enrolled by any of that.
+        assert list((await hub.DEU.ListDatasets(hub_pb2.ListDatasetsRequest())).datasets) == []
+
+    run_with_hub(federation, config, scenario)
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [answer async for answer in call]
 
 
 # -- datasets and versions --------------------------------------------------------------------

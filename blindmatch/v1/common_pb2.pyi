@@ -3,8 +3,10 @@
 isort:skip_file
 Types shared by the Blindmatch services."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -153,6 +155,63 @@ class QueryTag(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryTag: _TypeAlias = QueryTag  # noqa: Y015
+
+@_typing.final
+class TaggedKeyColumns(_message.Message):
+    """Many keys as columns: key i is tags[16i : 16i + 16], handles[16i : 16i + 16]
+    and key_types[i].  The same content as `repeated TaggedKey` in about the
+    same bytes, but the hub validates and stores a batch with a few array
+    operations instead of taking apart one message per key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAGS_FIELD_NUMBER: _builtins.int
+    HANDLES_FIELD_NUMBER: _builtins.int
+    KEY_TYPES_FIELD_NUMBER: _builtins.int
+    tags: _builtins.bytes
+    handles: _builtins.bytes
+    @_builtins.property
+    def key_types(self) -> _containers.RepeatedScalarFieldContainer[Global___KeyType.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        tags: _builtins.bytes = ...,
+        handles: _builtins.bytes = ...,
+        key_types: _abc.Iterable[Global___KeyType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handles", b"handles", "key_types", b"key_types", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaggedKeyColumns: _TypeAlias = TaggedKeyColumns  # noqa: Y015
+
+@_typing.final
+class QueryTagColumns(_message.Message):
+    """Many tags to look up as columns: tag i is tags[16i : 16i + 16], with key_types[i]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAGS_FIELD_NUMBER: _builtins.int
+    KEY_TYPES_FIELD_NUMBER: _builtins.int
+    tags: _builtins.bytes
+    @_builtins.property
+    def key_types(self) -> _containers.RepeatedScalarFieldContainer[Global___KeyType.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        tags: _builtins.bytes = ...,
+        key_types: _abc.Iterable[Global___KeyType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_types", b"key_types", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryTagColumns: _TypeAlias = QueryTagColumns  # noqa: Y015
 
 @_typing.final
 class Match(_message.Message):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from blindmatch.v1 import common_pb2 as blindmatch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62lindmatch/v1/hub.proto\x12\rblindmatch.v1\x1a\x1a\x62lindmatch/v1/common.proto\"\x7f\n\x0c\x45nrollHeader\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12,\n\x06policy\x18\x03 \x01(\x0b\x32\x1c.blindmatch.v1.DatasetPolicy\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0f\n\x07replace\x18\x05 \x01(\x08\"2\n\x08TagBatch\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.blindmatch.v1.TaggedKey\"2\n\rEnrollTrailer\x12\x11\n\ttag_count\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"\xa1\x01\n\rEnrollRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.blindmatch.v1.EnrollHeaderH\x00\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x17.blindmatch.v1.TagBatchH\x00\x12/\n\x07trailer\x18\x03 \x01(\x0b\x32\x1c.blindmatch.v1.EnrollTrailerH\x00\x42\x06\n\x04part\"o\n\x0e\x45nrollResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\ttag_count\x18\x03 \x01(\x04\x12\x13\n\x0bnew_notices\x18\x04 \x01(\r\x12\x13\n\x0b\x61udit_index\x18\x05 \x01(\x04\"u\n\x14UpdateDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12%\n\x03\x61\x64\x64\x18\x03 \x03(\x0b\x32\x18.blindmatch.v1.TaggedKey\x12\x16\n\x0eremove_handles\x18\x04 \x03(\x0c\"\x96\x01\n\x15UpdateDatasetResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x04\x12\x0f\n\x07removed\x18\x04 \x01(\x04\x12\x11\n\ttag_count\x18\x05 \x01(\x04\x12\x13\n\x0bnew_notices\x18\x06 \x01(\r\x12\x13\n\x0b\x61udit_index\x18\x07 \x01(\x04\"Y\n\x0cQueryRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12%\n\x04tags\x18\x02 \x03(\x0b\x32\x17.blindmatch.v1.QueryTag\x12\x13\n\x0binclude_own\x18\x03 \x01(\x08\"f\n\rQueryResponse\x12%\n\x07matches\x18\x01 \x03(\x0b\x32\x14.blindmatch.v1.Match\x12\x19\n\x11\x64\x61tasets_searched\x18\x02 \x01(\x04\x12\x13\n\x0b\x61udit_index\x18\x03 \x01(\x04\"o\n\x10\x42ulkMatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12%\n\x04tags\x18\x03 \x03(\x0b\x32\x17.blindmatch.v1.QueryTag\x12\x13\n\x0binclude_own\x18\x04 \x01(\x08\"a\n\x11\x42ulkMatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12%\n\x07matches\x18\x02 \x03(\x0b\x32\x14.blindmatch.v1.Match\x12\x13\n\x0b\x61udit_index\x18\x03 \x01(\x04\"=\n\x13WatchNoticesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x15\n\x13ListDatasetsRequest\"D\n\x14ListDatasetsResponse\x12,\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1a.blindmatch.v1.DatasetInfo\"\x12\n\x10GetStatusRequest\"y\n\tHubStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x01(\x04\x12\x0c\n\x04tags\x18\x03 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x04 \x03(\r\x12\x0e\n\x06\x63\x61ller\x18\x05 \x01(\t\x12\x1b\n\x13server_time_unix_ms\x18\x06 \x01(\x03\x32\xb0\x04\n\x03Hub\x12G\n\x06\x45nroll\x12\x1c.blindmatch.v1.EnrollRequest\x1a\x1d.blindmatch.v1.EnrollResponse(\x01\x12Z\n\rUpdateDataset\x12#.blindmatch.v1.UpdateDatasetRequest\x1a$.blindmatch.v1.UpdateDatasetResponse\x12\x42\n\x05Query\x12\x1b.blindmatch.v1.QueryRequest\x1a\x1c.blindmatch.v1.QueryResponse\x12R\n\tBulkMatch\x12\x1f.blindmatch.v1.BulkMatchRequest\x1a .blindmatch.v1.BulkMatchResponse(\x01\x30\x01\x12K\n\x0cWatchNotices\x12\".blindmatch.v1.WatchNoticesRequest\x1a\x15.blindmatch.v1.Notice0\x01\x12W\n\x0cListDatasets\x12\".blindmatch.v1.ListDatasetsRequest\x1a#.blindmatch.v1.ListDatasetsResponse\x12\x46\n\tGetStatus\x12\x1f.blindmatch.v1.GetStatusRequest\x1a\x18.blindmatch.v1.HubStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62lindmatch/v1/hub.proto\x12\rblindmatch.v1\x1a\x1a\x62lindmatch/v1/common.proto\"\x7f\n\x0c\x45nrollHeader\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12,\n\x06policy\x18\x03 \x01(\x0b\x32\x1c.blindmatch.v1.DatasetPolicy\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0f\n\x07replace\x18\x05 \x01(\x08\"d\n\x08TagBatch\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.blindmatch.v1.TaggedKey\x12\x30\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x1f.blindmatch.v1.TaggedKeyColumns\"2\n\rEnrollTrailer\x12\x11\n\ttag_count\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"\xa1\x01\n\rEnrollRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.blindmatch.v1.EnrollHeaderH\x00\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x17.blindmatch.v1.TagBatchH\x00\x12/\n\x07trailer\x18\x03 \x01(\x0b\x32\x1c.blindmatch.v1.EnrollTrailerH\x00\x42\x06\n\x04part\"o\n\x0e\x45nrollResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\ttag_count\x18\x03 \x01(\x04\x12\x13\n\x0bnew_notices\x18\x04 \x01(\r\x12\x13\n\x0b\x61udit_index\x18\x05 \x01(\x04\"u\n\x14UpdateDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12%\n\x03\x61\x64\x64\x18\x03 \x03(\x0b\x32\x18.blindmatch.v1.TaggedKey\x12\x16\n\x0eremove_handles\x18\x04 \x03(\x0c\"\x96\x01\n\x15UpdateDatasetResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x04\x12\x0f\n\x07removed\x18\x04 \x01(\x04\x12\x11\n\ttag_count\x18\x05 \x01(\x04\x12\x13\n\x0bnew_notices\x18\x06 \x01(\r\x12\x13\n\x0b\x61udit_index\x18\x07 \x01(\x04\"Y\n\x0cQueryRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12%\n\x04tags\x18\x02 \x03(\x0b\x32\x17.blindmatch.v1.QueryTag\x12\x13\n\x0binclude_own\x18\x03 \x01(\x08\"f\n\rQueryResponse\x12%\n\x07matches\x18\x01 \x03(\x0b\x32\x14.blindmatch.v1.Match\x12\x19\n\x11\x64\x61tasets_searched\x18\x02 \x01(\x04\x12\x13\n\x0b\x61udit_index\x18\x03 \x01(\x04\"\xa0\x01\n\x10\x42ulkMatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12%\n\x04tags\x18\x03 \x03(\x0b\x32\x17.blindmatch.v1.QueryTag\x12\x13\n\x0binclude_own\x18\x04 \x01(\x08\x12/\n\x07\x63olumns\x18\x05 \x01(\x0b\x32\x1e.blindmatch.v1.QueryTagColumns\"a\n\x11\x42ulkMatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12%\n\x07matches\x18\x02 \x03(\x0b\x32\x14.blindmatch.v1.Match\x12\x13\n\x0b\x61udit_index\x18\x03 \x01(\x04\"=\n\x13WatchNoticesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x15\n\x13ListDatasetsRequest\"D\n\x14ListDatasetsResponse\x12,\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1a.blindmatch.v1.DatasetInfo\"\x12\n\x10GetStatusRequest\"y\n\tHubStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x01(\x04\x12\x0c\n\x04tags\x18\x03 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x04 \x03(\r\x12\x0e\n\x06\x63\x61ller\x18\x05 \x01(\t\x12\x1b\n\x13server_time_unix_ms\x18\x06 \x01(\x03\x32\xb0\x04\n\x03Hub\x12G\n\x06\x45nroll\x12\x1c.blindmatch.v1.EnrollRequest\x1a\x1d.blindmatch.v1.EnrollResponse(\x01\x12Z\n\rUpdateDataset\x12#.blindmatch.v1.UpdateDatasetRequest\x1a$.blindmatch.v1.UpdateDatasetResponse\x12\x42\n\x05Query\x12\x1b.blindmatch.v1.QueryRequest\x1a\x1c.blindmatch.v1.QueryResponse\x12R\n\tBulkMatch\x12\x1f.blindmatch.v1.BulkMatchRequest\x1a .blindmatch.v1.BulkMatchResponse(\x01\x30\x01\x12K\n\x0cWatchNotices\x12\".blindmatch.v1.WatchNoticesRequest\x1a\x15.blindmatch.v1.Notice0\x01\x12W\n\x0cListDatasets\x12\".blindmatch.v1.ListDatasetsRequest\x1a#.blindmatch.v1.ListDatasetsResponse\x12\x46\n\tGetStatus\x12\x1f.blindmatch.v1.GetStatusRequest\x1a\x18.blindmatch.v1.HubStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,35 +35,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLHEADER']._serialized_start=70
   _globals['_ENROLLHEADER']._serialized_end=197
   _globals['_TAGBATCH']._serialized_start=199
-  _globals['_TAGBATCH']._serialized_end=249
-  _globals['_ENROLLTRAILER']._serialized_start=251
-  _globals['_ENROLLTRAILER']._serialized_end=301
-  _globals['_ENROLLREQUEST']._serialized_start=304
-  _globals['_ENROLLREQUEST']._serialized_end=465
-  _globals['_ENROLLRESPONSE']._serialized_start=467
-  _globals['_ENROLLRESPONSE']._serialized_end=578
-  _globals['_UPDATEDATASETREQUEST']._serialized_start=580
-  _globals['_UPDATEDATASETREQUEST']._serialized_end=697
-  _globals['_UPDATEDATASETRESPONSE']._serialized_start=700
-  _globals['_UPDATEDATASETRESPONSE']._serialized_end=850
-  _globals['_QUERYREQUEST']._serialized_start=852
-  _globals['_QUERYREQUEST']._serialized_end=941
-  _globals['_QUERYRESPONSE']._serialized_start=943
-  _globals['_QUERYRESPONSE']._serialized_end=1045
-  _globals['_BULKMATCHREQUEST']._serialized_start=1047
-  _globals['_BULKMATCHREQUEST']._serialized_end=1158
-  _globals['_BULKMATCHRESPONSE']._serialized_start=1160
-  _globals['_BULKMATCHRESPONSE']._serialized_end=1257
-  _globals['_WATCHNOTICESREQUEST']._serialized_start=1259
-  _globals['_WATCHNOTICESREQUEST']._serialized_end=1320
-  _globals['_LISTDATASETSREQUEST']._serialized_start=1322
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1343
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1345
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1413
-  _globals['_GETSTATUSREQUEST']._serialized_start=1415
-  _globals['_GETSTATUSREQUEST']._serialized_end=1433
-  _globals['_HUBSTATUS']._serialized_start=1435
-  _globals['_HUBSTATUS']._serialized_end=1556
-  _globals['_HUB']._serialized_start=1559
-  _globals['_HUB']._serialized_end=2119
+  _globals['_TAGBATCH']._serialized_end=299
+  _globals['_ENROLLTRAILER']._serialized_start=301
+  _globals['_ENROLLTRAILER']._serialized_end=351
+  _globals['_ENROLLREQUEST']._serialized_start=354
+  _globals['_ENROLLREQUEST']._serialized_end=515
+  _globals['_ENROLLRESPONSE']._serialized_start=517
+  _globals['_ENROLLRESPONSE']._serialized_end=628
+  _globals['_UPDATEDATASETREQUEST']._serialized_start=630
+  _globals['_UPDATEDATASETREQUEST']._serialized_end=747
+  _globals['_UPDATEDATASETRESPONSE']._serialized_start=750
+  _globals['_UPDATEDATASETRESPONSE']._serialized_end=900
+  _globals['_QUERYREQUEST']._serialized_start=902
+  _globals['_QUERYREQUEST']._serialized_end=991
+  _globals['_QUERYRESPONSE']._serialized_start=993
+  _globals['_QUERYRESPONSE']._serialized_end=1095
+  _globals['_BULKMATCHREQUEST']._serialized_start=1098
+  _globals['_BULKMATCHREQUEST']._serialized_end=1258
+  _globals['_BULKMATCHRESPONSE']._serialized_start=1260
+  _globals['_BULKMATCHRESPONSE']._serialized_end=1357
+  _globals['_WATCHNOTICESREQUEST']._serialized_start=1359
+  _globals['_WATCHNOTICESREQUEST']._serialized_end=1420
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1422
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1443
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1445
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1513
+  _globals['_GETSTATUSREQUEST']._serialized_start=1515
+  _globals['_GETSTATUSREQUEST']._serialized_end=1533
+  _globals['_HUBSTATUS']._serialized_start=1535
+  _globals['_HUBSTATUS']._serialized_end=1656
+  _globals['_HUB']._serialized_start=1659
+  _globals['_HUB']._serialized_end=2219
 # @@protoc_insertion_point(module_scope)

@@ -59,19 +59,29 @@ Global___EnrollHeader: _TypeAlias = EnrollHeader  # noqa: Y015
 
 @_typing.final
 class TagBatch(_message.Message):
+    """One batch of an enrollment: `keys` or `columns`, not both.  Columns are
+    what the agent sends (much cheaper for the hub to read); `keys` suits small
+    hand-written clients.  Key order (for the trailer's digest) is the order
+    within the batch.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TaggedKey]: ...
+    @_builtins.property
+    def columns(self) -> _common_pb2.TaggedKeyColumns: ...
     def __init__(
         self,
         *,
         keys: _abc.Iterable[_common_pb2.TaggedKey] | None = ...,
+        columns: _common_pb2.TaggedKeyColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "keys", b"keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,17 +300,24 @@ Global___QueryResponse: _TypeAlias = QueryResponse  # noqa: Y015
 
 @_typing.final
 class BulkMatchRequest(_message.Message):
+    """One batch of a bulk match: `tags` or `columns`, not both.  Match.query_index
+    counts within the batch, in the order given.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     INCLUDE_OWN_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     epoch: _builtins.int
     include_own: _builtins.bool
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTag]: ...
+    @_builtins.property
+    def columns(self) -> _common_pb2.QueryTagColumns: ...
     def __init__(
         self,
         *,
@@ -308,10 +325,11 @@ class BulkMatchRequest(_message.Message):
         epoch: _builtins.int = ...,
         tags: _abc.Iterable[_common_pb2.QueryTag] | None = ...,
         include_own: _builtins.bool = ...,
+        columns: _common_pb2.QueryTagColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "epoch", b"epoch", "include_own", b"include_own", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "columns", b"columns", "epoch", b"epoch", "include_own", b"include_own", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
