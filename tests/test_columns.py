@@ -20,6 +20,7 @@ from hub.columns import (
 )
 from hub.store_pg import copy_data
 from psi.errors import InvalidInputError
+from psi.identifiers import KeyType
 
 KEY_TYPES = list(policy.KEY_TYPE_CODES)
 
@@ -69,7 +70,7 @@ def test_sorted_by_tag_is_a_stable_bytewise_sort(keys: list[policy.TaggedKey]) -
 
 
 @given(st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.sampled_from(KEY_TYPES))))
-def test_query_columns_round_trip(pairs: list[tuple[bytes, policy.KeyType]]) -> None:
+def test_query_columns_round_trip(pairs: list[tuple[bytes, KeyType]]) -> None:
     tags = [policy.QueryTag(t, kt) for t, kt in pairs]
     columns = query_columns(tags)
     assert columns.tag_list() == [t for t, _ in pairs]

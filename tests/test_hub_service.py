@@ -31,6 +31,14 @@ from tests.stores import StoreBackend
 
 PASSPORT = common_pb2.KEY_TYPE_PASSPORT
 PERSON = common_pb2.KEY_TYPE_PERSON
+UNSPECIFIED = common_pb2.KEY_TYPE_UNSPECIFIED
+
+
+def unknown_type(code: int) -> common_pb2.KeyType.ValueType:
+    """A key type number the enum does not name (proto3 keeps it on the wire)."""
+    return common_pb2.KeyType.ValueType(code)
+
+
 PHONETIC = common_pb2.KEY_TYPE_PERSON_PHONETIC
 LINKABLE = common_pb2.DatasetPolicy(linkable=True)
 BUREAUS = ("FRA", "DEU", "ITA")
@@ -380,7 +388,9 @@ def test_column_batches_match_message_batches(federation: Federation, config: Hu
             ),
             (
                 common_pb2.TaggedKeyColumns(
-                    tags=good.tags, handles=good.handles, key_types=[PASSPORT, PASSPORT, 0, 99]
+                    tags=good.tags,
+                    handles=good.handles,
+                    key_types=[PASSPORT, PASSPORT, UNSPECIFIED, unknown_type(99)],
                 ),
                 {},
                 ["batch 0: columns.key_types[2]", "unspecified"],
@@ -397,7 +407,7 @@ def test_column_batches_match_message_batches(federation: Federation, config: Hu
             hub_pb2.BulkMatchRequest(
                 batch_id=6,
                 epoch=1,
-                columns=common_pb2.QueryTagColumns(tags=bytes(16), key_types=[77]),
+                columns=common_pb2.QueryTagColumns(tags=bytes(16), key_types=[unknown_type(77)]),
             ),
         ]
         for request, fragments in zip(
