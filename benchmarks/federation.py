@@ -67,7 +67,7 @@ from typing import Any
 import grpc
 
 from benchmarks.bench_oprf import libsodium_call_costs
-from benchmarks.machine import Foreign, wait_for_quiet
+from benchmarks.machine import Foreign, main_and_descendants_cpu, wait_for_quiet
 from blindmatch.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from bureau_agent import ingest
 from bureau_agent.demo import FIRST, LAST, SCHEMA
@@ -219,6 +219,28 @@ class QueryStream(threading.Thread):
             self.stop.wait(self.interval)
 
 
+def cpu_by_role(
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    custodians: Sequence[str],
+    keys: int,
+) -> dict[str, float]:
+    """CPU µs per enrolled key during enrollment, summed by role: the hub, the
+    custodian bureaus' and the other bureaus' main processes and workers
+    (custodians also enroll their own records)."""
+    roles: dict[str, float] = {}
+    for who, (main_after, workers_after) in after.items():
+        main_before, workers_before = before.get(who, (0.0, 0.0))
+        role = "hub" if who == "hub" else "custodian" if who in custodians else "agent"
+        parts = [("main", main_after - main_before)]
+        if who != "hub":
+            parts.append(("workers", workers_after - workers_before))
+        for part, seconds in parts:
+            name = role if who == "hub" else f"{role} {part}"
+            roles[name] = roles.get(name, 0.0) + seconds * 1e6 / keys
+    return {name: round(value, 1) for name, value in sorted(roles.items())}
+
+
 def run_federation(
     k: int, files: Sequence[Path], planted: Sequence[Planted], n: int, work: Path,
     query_interval: float, rpc_timeout: float,
@@ -277,6 +299,8 @@ def run_federation(
             th.start()
         queries = QueryStream(fed, codes, k, n, query_interval)
         log(f"  K={k}: {k} bureaus enroll {n:,} records each ...")
+        pids = {who: p.pid for who, p in fed.processes.items()}
+        cpu_before = {who: main_and_descendants_cpu(pid) for who, pid in pids.items()}
         with Foreign() as other:
             barrier.wait()
             start = time.perf_counter()
@@ -284,12 +308,14 @@ def run_federation(
             for th in threads:
                 th.join()
         enroll_seconds = max(finished.values()) - start
+        cpu_after = {who: main_and_descendants_cpu(pid) for who, pid in pids.items()}
         queries.stop.set()
         queries.join()
         if failures:
             raise RuntimeError(f"enrollment failed: {failures}")
         keys = sum(s.keys for s in summaries.values())
         assert all(s.accepted == n for s in summaries.values())
+        out["cpu_us_per_key_by_role"] = cpu_by_role(cpu_before, cpu_after, codes[:CUSTODIANS], keys)
 
         t = time.perf_counter()
         notices = {c: list(stubs[c].Hits(agent_pb2.LocalHitsRequest(all=True), timeout=600)) for c in codes}
@@ -556,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fed_rows.append(row)
                 log(f"  K={k}: federation {row['federation_seconds']:.1f} s, {row['records_per_s']:,.0f} records/s, "
                     f"recall notices {row['recall_notices']}, bulk {row['recall_bulk']}")  # fmt: skip
+                log(f"  K={k}: CPU µs per key by role: {row['cpu_us_per_key_by_role']}")
         pairwise = run_pairwise(elements, exact_by_record, planted, ks, args.max_pairs or None, args.wait_quiet)
     finally:
         shutil.rmtree(work, ignore_errors=True)

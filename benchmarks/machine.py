@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Foreign", "system_busy_seconds", "tree_cpu_seconds", "wait_for_quiet"]
+__all__ = [
+    "Foreign",
+    "main_and_descendants_cpu",
+    "system_busy_seconds",
+    "tree_cpu_seconds",
+    "wait_for_quiet",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -42,6 +48,17 @@ def _stat(pid: str) -> tuple[int, float] | None:
         return None
     fields = text.rpartition(")")[2].split()
     return int(fields[1]), sum(int(x) for x in fields[11:15]) / _TICK
+
+
+def main_and_descendants_cpu(root: int) -> tuple[float, float]:
+    """(CPU seconds of process `root` itself, of all its descendants): for a
+    daemon with worker processes, its main process against its workers."""
+    try:
+        fields = Path(f"/proc/{root}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    own = (int(fields[11]) + int(fields[12])) / _TICK
+    return own, tree_cpu_seconds(root) - own
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
