@@ -919,32 +919,49 @@ class _QueryRecord:
     raw: Sequence[_RawHit]
 
 
-def _record_query(
-    db: Db,
-    written: _Written,
-    requester: str,
-    tag_count: int,
-    raw: Sequence[_RawHit],
-) -> tuple[list[Hit], int]:
-    """Record each hit as a match with a fresh id, and the query's audit leaf."""
+def _record_queries(
+    db: Db, written: _Written, *, records: Sequence[_QueryRecord]
+) -> list[tuple[list[Hit], int]]:
+    """Record each query's hits as matches with fresh ids, and one audit leaf
+    per query: one statement for all the matches and one for all the leaves
+    (a group commit's queries cost two round trips on PostgreSQL, not two each)."""
     now = _now_ms()
-    hits = []
-    rows = []
-    # One read of the system's random source for every id of the query.
-    ids = split(secrets.token_bytes(MATCH_ID_LENGTH * len(raw)), MATCH_ID_LENGTH)
-    for r, match_id in zip(raw, ids, strict=True):
-        d = r.dataset
-        rows.append(
-            (match_id, _QUERY_MATCH, requester, d.owner, d.id, r.handle, r.key_type, now, r.tag)
+    # One read of the system's random source for every id of the group.
+    ids = iter(
+        split(
+            secrets.token_bytes(MATCH_ID_LENGTH * sum(len(r.raw) for r in records)),
+            MATCH_ID_LENGTH,
         )
-        hits.append(
-            Hit(
-                query_index=r.query_index,
-                match_id=match_id.hex(),
-                key_type=key_type_from_code(r.key_type),
-                owner=d.owner,
-                category=d.category,
-                policy=d.policy,
+    )
+    rows = []
+    answers = []
+    entries = []
+    for record in records:
+        hits = []
+        for r, match_id in zip(record.raw, ids, strict=False):
+            d = r.dataset
+            rows.append(
+                (match_id, _QUERY_MATCH, record.requester, d.owner, d.id, r.handle, r.key_type,
+                 now, r.tag)
+            )  # fmt: skip
+            hits.append(
+                Hit(
+                    query_index=r.query_index,
+                    match_id=match_id.hex(),
+                    key_type=key_type_from_code(r.key_type),
+                    owner=d.owner,
+                    category=d.category,
+                    policy=d.policy,
+                )
+            )
+        answers.append(hits)
+        entries.append(
+            encode_entry(
+                EntryKind.QUERY,
+                time_ms=now,
+                requester=record.requester,
+                tags=record.tag_count,
+                hits=len(record.raw),
             )
         )
     db.executemany(
@@ -952,20 +969,8 @@ def _record_query(
         "created_ms, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    index = _audit(
-        db,
-        written,
-        encode_entry(
-            EntryKind.QUERY, time_ms=now, requester=requester, tags=tag_count, hits=len(raw)
-        ),
-    )
-    return hits, index
-
-
-def _record_queries(
-    db: Db, written: _Written, *, records: Sequence[_QueryRecord]
-) -> list[tuple[list[Hit], int]]:
-    return [_record_query(db, written, r.requester, r.tag_count, r.raw) for r in records]
+    indices = _audit_many(db, written, entries)
+    return list(zip(answers, indices, strict=True))
 
 
 # -- the audit log -------------------------------------------------------------------
@@ -973,12 +978,22 @@ def _record_queries(
 
 def _audit(db: Db, written: _Written, entry: bytes) -> int:
     """Append an audit leaf in the current transaction; its index."""
+    (index,) = _audit_many(db, written, [entry])
+    return index
+
+
+def _audit_many(db: Db, written: _Written, entries: Sequence[bytes]) -> list[int]:
+    """Append audit leaves in the current transaction, in one statement; their indices."""
     if written.audit_base < 0:
         raise AssertionError("an audit leaf can only be appended by a serialized write")
-    index = written.audit_base + len(written.audit)
-    db.execute("INSERT INTO audit_leaves (idx, entry) VALUES (?, ?)", (index, entry))
-    written.audit.append(entry)
-    return index
+    first = written.audit_base + len(written.audit)
+    indices = list(range(first, first + len(entries)))
+    db.executemany(
+        "INSERT INTO audit_leaves (idx, entry) VALUES (?, ?)",
+        list(zip(indices, entries, strict=True)),
+    )
+    written.audit.extend(entries)
+    return indices
 
 
 # -- disclosure cases -------------------------------------------------------------
