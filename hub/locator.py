@@ -177,14 +177,16 @@ class TagLocator:
         found: set[tuple[int, int]] = set()
         for run in state.runs:
             size = run.size
-            lo = np.searchsorted(run.prefixes, needles)
-            equal = run.prefixes[np.minimum(lo, size - 1)] == needles
-            for j in np.flatnonzero(equal).tolist():
-                index, at, needle = int(order[j]), int(lo[j]), needles[j]
-                # Equal prefixes are adjacent: a tag in several datasets.
-                while at < size and run.prefixes[at] == needle:
-                    found.add((index, int(run.slots[at])))
-                    at += 1
+            at = np.searchsorted(run.prefixes, needles)
+            # Equal prefixes are adjacent (a tag in several datasets): step
+            # every needle still matching one entry on, all at once.
+            live = np.flatnonzero(at < size)
+            live = live[run.prefixes[at[live]] == needles[live]]
+            while live.size:
+                found.update(zip(order[live].tolist(), run.slots[at[live]].tolist(), strict=True))
+                at[live] += 1
+                live = live[at[live] < size]
+                live = live[run.prefixes[at[live]] == needles[live]]
         pairs = state.pairs
         return [Candidate(i, *pairs[s]) for i, s in sorted(found)]
 

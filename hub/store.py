@@ -460,8 +460,11 @@ class _SqliteDb:
         return self._conn.executemany(sql, rows).rowcount
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
-        unique = sorted(set(tags))
-        probes = [(c.dataset_id, c.gen, unique[c.index]) for c in self._locator.candidates(unique)]
+        # Only the locator's candidates are deduplicated and sorted: a bulk
+        # batch's 10,000 tags are mostly misses.
+        probes = sorted(
+            {(c.dataset_id, c.gen, tags[c.index]) for c in self._locator.candidates(tags)}
+        )
         found: list[TagRow] = []
         # One statement per chunk of probes: the key lookups run in SQLite's loop.
         for start in range(0, len(probes), _PROBES_PER_STATEMENT):
