@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
 
 
 _IN_CHUNK = 500  # record ids per `IN (...)` lookup, well below SQLite's variable limit
+HANDLE_BYTES = 16  # a key's handle: random, meaningless to anyone but its owner
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,9 @@ class EnrollmentWriter:
         handles: list[bytes] = []
         reused: list[tuple[int, bytes]] = []
         new: list[tuple[bytes, str, str, str, str, int]] = []
+        # One read of the system's random source for the whole batch.
+        pool = secrets.token_bytes(HANDLE_BYTES * sum(len(keys) for _, _, _, keys in records))
+        drawn = 0
         for rid, _, _, keys in records:
             for key in keys:
                 where = (rid, key.type.value, key.value)
@@ -279,7 +283,8 @@ class EnrollmentWriter:
                 if handle is not None:
                     reused.append((self.generation, handle))
                 else:
-                    handle = secrets.token_bytes(16)
+                    handle = pool[drawn : drawn + HANDLE_BYTES]
+                    drawn += HANDLE_BYTES
                     known[where] = handle
                     new.append((handle, self.name, *where, self.generation))
                 handles.append(handle)
