@@ -44,6 +44,8 @@ def test_many_records_in_one_batch(tmp_path: Path) -> None:
     try:
         records = [(f"r{i}", (MatchKey(KeyType.PASSPORT, f"FRA|{i}"),)) for i in range(1200)]
         first = enroll(store, records)
+        # Fresh handles are drawn from one random read per batch: 16 bytes, all different.
+        assert {len(h) for h in first} == {16} and len(set(first)) == 1200
         assert enroll(store, records) == first  # lookups chunked below SQLite's variable limit
     finally:
         store.close()
