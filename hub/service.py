@@ -23,7 +23,6 @@ trailer, logged, counted and appended to the audit log as a quota refusal.
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.metadata
 import logging
 import secrets
@@ -400,18 +399,26 @@ class HubService(hub_pb2_grpc.HubServicer):
         self,
         requester: str,
         epoch: int,
-        tags: Callable[[], list[policy.QueryTag] | QueryColumns],
+        tags: list[policy.QueryTag] | QueryColumns,
         include_own: bool,
         operation: str,
     ) -> _Answer:
-        """Validate the request's `tags`, spend the caller's quota, look them up."""
-        epoch = policy.check_epoch(epoch)
-        found = tags()
-        await self._spend(requester, len(found), operation)
+        """Spend the caller's quota on validated `tags` and look them up."""
+        await self._spend(requester, len(tags), operation)
         if self._metrics is not None:
-            self._metrics.queried_tags.inc(len(found))
-        result = await self._store.query(requester, epoch, found, include_own=include_own)
+            self._metrics.queried_tags.inc(len(tags))
+        result = await self._store.query(requester, epoch, tags, include_own=include_own)
         return [self._match(hit) for hit in result.hits], result
+
+    async def _bulk_lookup(self, requester: str, request: hub_pb2.BulkMatchRequest) -> _Answer:
+        # Validated here, inside the batch's task: an error is that batch's answer.
+        return await self._lookup(
+            requester,
+            policy.check_epoch(request.epoch),
+            self._bulk_tags(request),
+            request.include_own,
+            "bulk_match",
+        )
 
     async def Query(self, request: hub_pb2.QueryRequest, context: Context) -> hub_pb2.QueryResponse:
         """Look up one batch of tags."""
@@ -419,8 +426,8 @@ class HubService(hub_pb2_grpc.HubServicer):
             requester = self._caller(context)
             matches, result = await self._lookup(
                 requester,
-                request.epoch,
-                lambda: self._query_tags(request.tags),
+                policy.check_epoch(request.epoch),
+                self._query_tags(request.tags),
                 request.include_own,
                 "query",
             )
@@ -452,13 +459,7 @@ class HubService(hub_pb2_grpc.HubServicer):
             try:
                 async for request in request_iterator:
                     await slots.acquire()
-                    lookup = self._lookup(
-                        requester,
-                        request.epoch,
-                        functools.partial(self._bulk_tags, request),
-                        request.include_own,
-                        "bulk_match",
-                    )
+                    lookup = self._bulk_lookup(requester, request)
                     started.put_nowait((request.batch_id, asyncio.create_task(lookup)))
             finally:
                 started.put_nowait(None)
