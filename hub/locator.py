@@ -33,6 +33,7 @@ __all__ = [
     "Candidate",
     "Prefixes",
     "Run",
+    "Slots",
     "TagLocator",
     "build_run",
     "packed_prefixes",
@@ -120,6 +121,12 @@ class TagLocator:
         self._state = _State()
         self._slot_of: dict[tuple[int, int], int] = {}
         self._journal: list[tuple[Run, tuple[tuple[int, int], ...]]] | None = None
+        self._notes = 0
+
+    @property
+    def notes(self) -> int:
+        """How many times anything was noted (a store watches it to find idle moments)."""
+        return self._notes
 
     @property
     def size(self) -> int:
@@ -149,6 +156,7 @@ class TagLocator:
         if not prefixes.shape[0]:
             return
         with self._lock:
+            self._notes += 1
             slot = self._slot_locked(dataset_id, gen)
             run = build_run(prefixes, np.full(prefixes.shape[0], slot, dtype=_SLOT))
             state = self._state
@@ -189,6 +197,29 @@ class TagLocator:
                 live = live[run.prefixes[at[live]] == needles[live]]
         pairs = state.pairs
         return [Candidate(i, *pairs[s]) for i, s in sorted(found)]
+
+    def compact(self) -> bool:
+        """Merge every run into one, so that a lookup searches one array
+        (after a 10-million-tag ingest: 7 runs, twice the search time).
+        The merge runs without the lock; what is noted meanwhile stays in
+        newer runs.  False when there was nothing to merge, or when a note
+        merged the same runs first (try again later)."""
+        taken = self._state.runs
+        if len(taken) < 2:
+            return False
+        merged = build_run(
+            np.concatenate([run.prefixes for run in taken]),
+            np.concatenate([run.slots for run in taken]),
+        )
+        with self._lock:
+            state = self._state
+            kept = state.runs
+            if len(kept) < len(taken) or any(
+                a is not b for a, b in zip(kept[: len(taken)], taken, strict=True)
+            ):
+                return False
+            self._state = _State((merged, *kept[len(taken) :]), state.pairs)
+        return True
 
     # -- rebuilding -----------------------------------------------------------------
 

@@ -76,6 +76,7 @@ should have expired as pending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import sqlite3
@@ -564,6 +565,10 @@ def _rekey_tags(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+# Seconds without a new tag noted before the locator's runs are merged into one.
+COMPACT_IDLE_SECONDS = 2.0
+
+
 class SqliteTagStore(SqlStore):
     """`HubStore` on one SQLite file: one writer connection on its own thread
     (writes are serialized, each a short transaction) and reader connections
@@ -582,6 +587,7 @@ class SqliteTagStore(SqlStore):
         self._loop_reader: sqlite3.Connection | None = None
         self._locator = TagLocator()
         self._swept_since_rebuild = 0
+        self._compactor: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, readers: int = 4, auto_sweep: bool = True) -> SqliteTagStore:
@@ -649,6 +655,36 @@ class SqliteTagStore(SqlStore):
             time.monotonic() - started,
             self._locator.size * 12 // 1_000_000,
         )
+
+    def _start_background(self) -> None:
+        super()._start_background()
+        self._compactor = asyncio.create_task(self._compact_when_idle(), name="hub-compactor")
+
+    async def _stop_background(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._compactor
+        await super()._stop_background()
+
+    async def _compact_when_idle(self) -> None:
+        """Merge the locator's runs into one once nothing has been noted for
+        `COMPACT_IDLE_SECONDS` (after an ingest: 7 runs at 10 million tags,
+        searched in twice the time of one).  Never during an ingest, where
+        the runs' binary-counter merges are what keeps noting cheap."""
+        seen = -1
+        while True:
+            await asyncio.sleep(COMPACT_IDLE_SECONDS)
+            notes = self._locator.notes
+            if notes == seen and self._locator.runs > 1:
+                started = time.monotonic()
+                if await asyncio.to_thread(self._locator.compact):
+                    log.info(
+                        "merged the tag index into one run: %d tags in %.2f s",
+                        self._locator.size,
+                        time.monotonic() - started,
+                    )
+            seen = notes
 
     async def _after_sweep(self, deleted: int) -> None:
         # Deleted rows stay in the locator as false candidates (one wasted

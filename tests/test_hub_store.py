@@ -670,6 +670,39 @@ def test_sqlite_locator_is_rebuilt_on_open_and_after_sweeps(tmp_path: Path) -> N
     run(second())
 
 
+def test_sqlite_locator_runs_are_merged_when_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once nothing has been noted for a while, the locator's runs become
+    one, and every tag is still found; enrollments after that go on."""
+    import hub.store
+    from hub.store import SqliteTagStore
+
+    monkeypatch.setattr(hub.store, "COMPACT_IDLE_SECONDS", 0.05)
+    sets = [keys(n) for n in (400, 50, 20, 7)]
+
+    async def scenario() -> None:
+        store = await SqliteTagStore.open(tmp_path / "hub.sqlite", auto_sweep=False)
+        try:
+            for i, ks in enumerate(sets):
+                await enroll(store, "FRA", f"w{i}", ks)
+            everything = [k for ks in sets for k in ks]
+            for _ in range(100):
+                if store._locator.runs == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert store._locator.runs == 1
+            assert store._locator.size == len(everything)
+            assert await hit_indices(store, "DEU", everything) == list(range(len(everything)))
+            late = keys(30)
+            await enroll(store, "FRA", "late", late)
+            assert await hit_indices(store, "DEU", late) == list(range(30))
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
 def test_sqlite_schema_2_tags_are_rekeyed(tmp_path: Path) -> None:
     """A schema-2 file (tags keyed by tag first) is rewritten on open, every
     row kept."""

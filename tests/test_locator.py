@@ -7,10 +7,12 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.locator import TagLocator, prefixes_of
+import hub.locator as locator_module
+from hub.locator import Prefixes, Run, Slots, TagLocator, prefixes_of
 
 Model = dict[bytes, set[tuple[int, int]]]
 
@@ -106,3 +108,60 @@ def test_a_miss_and_an_empty_locator_name_nothing() -> None:
     locator.note(1, 1, [os.urandom(16) for _ in range(100)])
     assert locator.candidates([os.urandom(16) for _ in range(100)]) == []
     assert locator.candidates([]) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pool=st.lists(tag, min_size=41, max_size=41, unique=True),
+    before=notes,
+    after=notes,
+)
+def test_compaction_keeps_every_candidate(
+    pool: list[bytes],
+    before: list[tuple[int, int, list[int]]],
+    after: list[tuple[int, int, list[int]]],
+) -> None:
+    locator, model = TagLocator(), Model()
+
+    def note(batches: list[tuple[int, int, list[int]]]) -> None:
+        for dataset_id, gen, picks in batches:
+            tags = [pool[i] for i in picks]
+            locator.note(dataset_id, gen, tags)
+            for t in tags:
+                model.setdefault(t, set()).add((dataset_id, gen))
+
+    note(before)
+    runs, size = locator.runs, locator.size
+    assert locator.compact() == (runs >= 2)
+    assert locator.runs == min(runs, 1) and locator.size == size
+    assert found(locator, pool) == expected(model, pool)
+    note(after)  # notes go on into newer runs
+    assert found(locator, pool) == expected(model, pool)
+
+
+def test_compaction_gives_way_to_a_concurrent_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A note that merges the runs a compaction took, while it merges them
+    itself, wins: the compaction reports False and nothing is lost."""
+    locator = TagLocator()
+    first, second, late = ([os.urandom(16) for _ in range(n)] for n in (8, 2, 4))
+    locator.note(1, 1, first)
+    locator.note(2, 1, second)
+    assert locator.runs == 2
+    original = locator_module.build_run
+    interfered = False
+
+    def build_run_with_a_note_meanwhile(prefixes: Prefixes, slots: Slots) -> Run:
+        nonlocal interfered
+        if not interfered:
+            interfered = True
+            locator.note(3, 1, late)  # merges both runs with the new one
+        return original(prefixes, slots)
+
+    monkeypatch.setattr(locator_module, "build_run", build_run_with_a_note_meanwhile)
+    assert locator.compact() is False
+    assert locator.runs == 1
+    everything = [*first, *second, *late]
+    owners = [1] * 8 + [2] * 2 + [3] * 4
+    assert {(c.index, c.dataset_id) for c in locator.candidates(everything)} == set(
+        enumerate(owners)
+    )
