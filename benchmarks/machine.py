@@ -40,25 +40,25 @@ def system_busy_seconds() -> float | None:
     return (sum(values) - idle - guest) / _TICK
 
 
-def _stat(pid: str) -> tuple[int, float] | None:
-    """(parent pid, utime + stime + cutime + cstime in seconds) of a process."""
+def _stat(pid: str) -> tuple[int, float, float] | None:
+    """(parent pid, the process's own utime + stime, its reaped children's
+    cutime + cstime), in seconds."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text.rpartition(")")[2].split()
-    return int(fields[1]), sum(int(x) for x in fields[11:15]) / _TICK
+    own = (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[1]), own, (int(fields[13]) + int(fields[14])) / _TICK
 
 
 def main_and_descendants_cpu(root: int) -> tuple[float, float]:
     """(CPU seconds of process `root` itself, of all its descendants): for a
     daemon with worker processes, its main process against its workers."""
-    try:
-        fields = Path(f"/proc/{root}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+    found = _stat(str(root))
+    if found is None:
         return 0.0, 0.0
-    own = (int(fields[11]) + int(fields[12])) / _TICK
-    return own, tree_cpu_seconds(root) - own
+    return found[1], tree_cpu_seconds(root) - found[1]
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
@@ -70,13 +70,13 @@ def tree_cpu_seconds(root: int | None = None) -> float:
         if entry.name.isdigit() and (found := _stat(entry.name)) is not None:
             stats[int(entry.name)] = found
     children: dict[int, list[int]] = {}
-    for pid, (parent, _) in stats.items():
+    for pid, (parent, _, _) in stats.items():
         children.setdefault(parent, []).append(pid)
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
         if pid in stats:
-            total += stats[pid][1]
+            total += stats[pid][1] + stats[pid][2]
         todo.extend(children.get(pid, ()))
     return total
 
