@@ -83,14 +83,39 @@ async def _stream_of(result: Any) -> AsyncIterator[Any]:
         await result
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):
-    """Refuse undecodable requests with INVALID_ARGUMENT instead of UNKNOWN."""
+class _PerMethod(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler once: the wrapped
+    handler keeps no per-call state, so it is kept by method name instead of
+    rebuilt on every call.  Unknown methods (no handler) are not kept."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = self._wrap(handler, method)
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        raise NotImplementedError
+
+
+class DecodeGuard(_PerMethod):
+    """Refuse undecodable requests with INVALID_ARGUMENT instead of UNKNOWN."""
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.request_deserializer is None:
             return handler
         decode = handler.request_deserializer
         inner = _inner(handler)
@@ -158,9 +183,11 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
 class _Observer:
     """Records one RPC's outcome and duration."""
 
-    def __init__(self, record: Callable[[str, str, str, float], None], method: str) -> None:
+    def __init__(
+        self, record: Callable[[str, str, str, float], None], service: str, method: str
+    ) -> None:
         self._record = record
-        self._service, self._method = split_method(method)
+        self._service, self._method = service, method
         self._started = time.perf_counter()
 
     def done(self, context: Context, failure: BaseException | None) -> None:
@@ -174,25 +201,24 @@ class _Observer:
         self._record(self._service, self._method, name, time.perf_counter() - self._started)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(_PerMethod):
     """Call `record(service, method, code, seconds)` once per RPC."""
 
     def __init__(self, record: Callable[[str, str, str, float], None]) -> None:
+        super().__init__()
         self._record = record
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         inner = _inner(handler)
-        record, method = self._record, handler_call_details.method
+        record = self._record
+        service, name = split_method(method)
 
         if handler.response_streaming:
 
             async def streaming(request: Any, context: Context) -> Any:
-                observer = _Observer(record, method)
+                observer = _Observer(record, service, name)
                 failure: BaseException | None = None
                 try:
                     async for response in _stream_of(inner(request, context)):
@@ -206,7 +232,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return _rebuild(handler, streaming, handler.request_deserializer)
 
         async def unary(request: Any, context: Context) -> Any:
-            observer = _Observer(record, method)
+            observer = _Observer(record, service, name)
             failure: BaseException | None = None
             try:
                 return await inner(request, context)

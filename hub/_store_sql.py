@@ -27,6 +27,7 @@ import enum
 import functools
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -164,6 +165,12 @@ _CHUNK = 20_000
 
 # Queries of at most this many tags are looked up with `_read_small`.
 _SMALL_QUERY = 16
+# Group commit under load: a group that starts within _GATHER_AFTER_SECONDS of
+# the last one waits _GATHER_SECONDS for more queries first (like
+# PostgreSQL's commit_delay).  An idle hub answers at once.
+_GATHER_AFTER_SECONDS = 0.002
+_GATHER_UP_TO = 8
+_GATHER_SECONDS = 0.0005
 
 _REVEAL_OWNER, _REVEAL_CATEGORY, _LINKABLE = 1, 2, 4
 _QUERY_MATCH, _STANDING_MATCH = 0, 1
@@ -343,6 +350,7 @@ class _Written:
     new_matches: int = 0
     pending_changed: bool = False
     next_expiry_ms: int | None = None  # of pending cases, when pending_changed
+    live_changed: bool = False  # the live datasets changed (see `_LiveCache.changed`)
 
     @property
     def publishes(self) -> bool:
@@ -562,7 +570,7 @@ def _go_live(
     )
     db.execute("DELETE FROM staging WHERE dataset_id = ?", (dataset_id,))
     db.execute("DELETE FROM removed WHERE dataset_id = ? AND gen < ?", (dataset_id, gen))
-    _bump_live_version(db)
+    _bump_live_version(db, written)
     if old_version >= 1:
         _mark_garbage(db, written)
     index = _audit(
@@ -661,7 +669,7 @@ def _update(
         "UPDATE datasets SET version = ?, tag_count = ?, updated_ms = ? WHERE id = ?",
         (version, tag_count, now, d.id),
     )
-    _bump_live_version(db)
+    _bump_live_version(db, written)
     # Counts as the agent sent them: handles named, keys in order.
     index = _audit(
         db,
@@ -856,21 +864,42 @@ def _live_version(db: Db) -> int:
     return 0 if row is None else int(row[0])
 
 
-def _bump_live_version(db: Db) -> None:
+def _bump_live_version(db: Db, written: _Written) -> None:
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('live_version', 1) "
         "ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
     )
+    written.live_changed = True
 
 
 class _LiveCache:
     """The live datasets, reloaded only when `live_version` has moved; read
-    from any thread (the snapshot is replaced whole)."""
+    from any thread (the snapshot is replaced whole).
+
+    A store through which every write of its database passes (SQLite: one
+    hub process per file) calls `changed` after each COMMIT that moved the
+    version; `settled` then answers, without reading the database, until the
+    next such COMMIT.  A store shared by several processes (PostgreSQL) never
+    calls `changed` and must not use `settled`."""
 
     def __init__(self) -> None:
         self._current = _LiveDatasets(-1, {})
+        self._changes = 0  # incremented by the one writer thread only
+        self._loaded: tuple[int, _LiveDatasets] | None = None  # (changes then, datasets)
+
+    def changed(self) -> None:
+        """A COMMIT (already done) moved the live version."""
+        self._changes += 1
+
+    def settled(self) -> _LiveDatasets | None:
+        """The live datasets, if loaded since the last `changed`."""
+        loaded = self._loaded
+        return loaded[1] if loaded is not None and loaded[0] == self._changes else None
 
     def get(self, db: Db) -> _LiveDatasets:
+        # Read before the snapshot's first read: a COMMIT this snapshot may
+        # not see calls `changed` after this, so what is loaded is not settled.
+        changes = self._changes
         version = _live_version(db)
         current = self._current
         if current.version != version:
@@ -879,7 +908,15 @@ class _LiveCache:
                 by_epoch.setdefault(d.epoch, []).append(d)
             current = _LiveDatasets(version, {e: tuple(ds) for e, ds in by_epoch.items()})
             self._current = current
+        self._loaded = (changes, current)
         return current
+
+
+def _searched(
+    live: _LiveDatasets, requester: str, epoch: int, include_own: bool
+) -> dict[int, _Dataset]:
+    """The datasets a lookup searches, by id."""
+    return {d.id: d for d in live.by_epoch.get(epoch, ()) if include_own or d.owner != requester}
 
 
 def _lookup(
@@ -890,9 +927,7 @@ def _lookup(
     tags: QueryColumns,
     include_own: bool,
 ) -> tuple[list[_RawHit], int]:
-    searched = {
-        d.id: d for d in live.get(db).by_epoch.get(epoch, ()) if include_own or d.owner != requester
-    }
+    searched = _searched(live.get(db), requester, epoch, include_own)
     hits: list[_RawHit] = []
     if not searched:
         return hits, 0
@@ -1298,6 +1333,7 @@ class SqlStore(abc.ABC):
         self._live = _LiveCache()
         self._unrecorded: list[tuple[_QueryRecord, asyncio.Future[tuple[list[Hit], int]]]] = []
         self._recorder: asyncio.Task[None] | None = None
+        self._recorded_at = -math.inf  # when the last group committed (monotonic)
         self._closed = False
 
     # -- what a database provides ----------------------------------------------
@@ -1416,12 +1452,22 @@ class SqlStore(abc.ABC):
         """Find hits on a read snapshot, then record them as matches, with
         the query's audit leaf (see `_record`)."""
         columns = query_columns(tags)
-        read = self._read_small if len(columns) <= _SMALL_QUERY else self._read
-        raw, searched = await read(
-            lambda db: _lookup(db, self._live, requester, epoch, columns, include_own)
-        )
+        found = self._lookup_without_database(requester, epoch, columns, include_own)
+        if found is None:
+            read = self._read_small if len(columns) <= _SMALL_QUERY else self._read
+            found = await read(
+                lambda db: _lookup(db, self._live, requester, epoch, columns, include_own)
+            )
+        raw, searched = found
         hits, index = await self._record(_QueryRecord(requester, len(tags), raw))
         return QueryResult(hits=tuple(hits), datasets_searched=searched, audit_index=index)
+
+    def _lookup_without_database(
+        self, requester: str, epoch: int, tags: QueryColumns, include_own: bool
+    ) -> tuple[list[_RawHit], int] | None:
+        """A lookup's answer when it needs no snapshot of the database, else
+        None (always, unless a store knows better)."""
+        return None
 
     async def _record(self, record: _QueryRecord) -> tuple[list[Hit], int]:
         """Record a lookup's matches and audit leaf.  Queries that arrive
@@ -1436,6 +1482,12 @@ class SqlStore(abc.ABC):
 
     async def _record_groups(self) -> None:
         while self._unrecorded:
+            if (
+                len(self._unrecorded) < _GATHER_UP_TO
+                and time.monotonic() - self._recorded_at < _GATHER_AFTER_SECONDS
+            ):
+                # Busy: let the queries about to arrive share this commit.
+                await asyncio.sleep(_GATHER_SECONDS)
             group, self._unrecorded = self._unrecorded, []
             try:
                 results = await self._write(
@@ -1453,6 +1505,7 @@ class SqlStore(abc.ABC):
             for (_, done), result in zip(group, results, strict=True):
                 if not done.done():
                     done.set_result(result)
+            self._recorded_at = time.monotonic()
 
     async def list_datasets(self, owner: str) -> list[DatasetInfo]:
         """`owner`'s live datasets, by name."""

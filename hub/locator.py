@@ -42,6 +42,8 @@ __all__ = [
 
 _PREFIX = np.dtype("<u8")  # the first 8 bytes of a tag, as a native integer
 _SLOT = np.dtype("<u4")
+# Lookups of at most this many tags search run by run without arrays.
+_FEW = 8
 
 Prefixes = npt.NDArray[np.uint64]
 Slots = npt.NDArray[np.uint32]
@@ -178,6 +180,8 @@ class TagLocator:
         state = self._state
         if not tags or not state.runs:
             return []
+        if len(tags) <= _FEW:
+            return self._candidates_of_few(tags, state)
         prefixes = prefixes_of(tags)
         # Sorted needles let searchsorted resume from the previous position.
         order = np.argsort(prefixes, kind="stable")
@@ -195,6 +199,21 @@ class TagLocator:
                 at[live] += 1
                 live = live[at[live] < size]
                 live = live[run.prefixes[at[live]] == needles[live]]
+        pairs = state.pairs
+        return [Candidate(i, *pairs[s]) for i, s in sorted(found)]
+
+    @staticmethod
+    def _candidates_of_few(tags: Sequence[bytes], state: _State) -> list[Candidate]:
+        # One scalar search per run and tag: a single query's lookup would
+        # spend most of its time building arrays of one element.
+        found: set[tuple[int, int]] = set()
+        for index, tag in enumerate(tags):
+            prefix = np.uint64(int.from_bytes(tag[:8], "little"))
+            for run in state.runs:
+                at, size = int(run.prefixes.searchsorted(prefix)), run.size
+                while at < size and run.prefixes[at] == prefix:
+                    found.add((index, int(run.slots[at])))
+                    at += 1
         pairs = state.pairs
         return [Candidate(i, *pairs[s]) for i, s in sorted(found)]
 

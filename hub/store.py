@@ -88,11 +88,14 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from hub._store_sql import (
+    _SMALL_QUERY,
     Db,
     SqlStore,
     TagRow,
     _next_expiry,
+    _RawHit,
     _recover,
+    _searched,
     _Written,
 )
 from hub.audit import AuditTree
@@ -757,6 +760,8 @@ class SqliteTagStore(SqlStore):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if written.live_changed:
+                self._live.changed()
             if written.audit:
                 self._audit.extend(written.audit, first_index=written.audit_base)
             if written.publishes:
@@ -783,6 +788,19 @@ class SqliteTagStore(SqlStore):
             return await loop.run_in_executor(self._reader_pool, snapshot)
         except sqlite3.OperationalError as exc:
             raise StorageError(f"the hub's database failed ({exc}); retry later") from exc
+
+    def _lookup_without_database(
+        self, requester: str, epoch: int, tags: QueryColumns, include_own: bool
+    ) -> tuple[list[_RawHit], int] | None:
+        """A small lookup whose tags the locator has never seen (most queries
+        miss) hits nothing in any snapshot: answered from memory, if the live
+        datasets are settled (every write passes through this process)."""
+        if len(tags) > _SMALL_QUERY:
+            return None
+        live = self._live.settled()
+        if live is None or self._locator.candidates(tags.tag_list()):
+            return None
+        return [], len(_searched(live, requester, epoch, include_own))
 
     async def _read_small(self, fn: Callable[[Db], T]) -> T:
         """Run `fn` inside one snapshot on the event loop's own connection: a

@@ -180,6 +180,40 @@ def test_key_digest_checks_count_and_order() -> None:
 # -- matching -------------------------------------------------------------------------
 
 
+def test_misses_count_the_live_datasets_as_they_change(open_store: OpenStore) -> None:
+    # Most queries hit nothing; on SQLite they are answered without a read of
+    # the database, from the live datasets kept since the last change.  Every
+    # change must show in the next answer.
+    async def searched(epoch: int = 1) -> int:
+        result = await store_ref[0].query("ITA", epoch, queries(keys(2)), include_own=False)
+        assert result.hits == ()
+        return result.datasets_searched
+
+    store_ref: list[TagStore] = []
+
+    async def scenario(store: TagStore) -> None:
+        store_ref.append(store)
+        assert await searched() == 0
+        fra = keys(5)
+        await enroll(store, "FRA", "w", fra)
+        assert await searched() == 1
+        deu = keys(3)
+        await enroll(store, "DEU", "w", deu)
+        assert await searched() == 2
+        assert await hit_indices(store, "ITA", [*keys(1), deu[1]]) == [1]
+        assert await searched() == 2
+        await enroll(store, "FRA", "w", keys(4), epoch=2, replace=True)
+        assert (await searched(), await searched(2)) == (1, 1)
+        added = keys(1)
+        await store.update_dataset("DEU", "w", 1, added, [])
+        assert await hit_indices(store, "ITA", added) == [0]
+        assert await searched() == 1
+        await enroll(store, "ITA", "w", keys(2))  # the asker's own: not searched
+        assert await searched() == 1
+
+    with_store(open_store, scenario)
+
+
 def test_lookup_across_bureaus_excludes_own_and_other_epochs(open_store: OpenStore) -> None:
     fra, deu = keys(20), keys(5, KeyType.PERSON_PHONETIC)
 

@@ -51,6 +51,10 @@ def test_candidates_are_exactly_what_was_noted(
         assert locator.runs <= max(1, locator.size).bit_length()
     # Distinct 16-byte random tags have distinct prefixes (2^-64 otherwise).
     assert found(locator, pool) == expected(model, pool)
+    # A lookup of a few tags searches without arrays: the same answer.
+    for start in range(0, len(pool), 3):
+        few = pool[start : start + 3]
+        assert found(locator, few) == expected(model, few)
     assert locator.size == sum(len(p) for _, _, p in batches)
 
 
@@ -100,6 +104,23 @@ def test_prefixes_are_the_first_eight_bytes() -> None:
     # Mixed lengths take the slow path, with the same answer.
     mixed = [tags[0], tags[1] + b"x", tags[2]]
     assert list(prefixes_of(mixed)) == list(got)
+
+
+@pytest.mark.parametrize("count", [1, 3, 40])
+def test_tags_sharing_a_prefix_are_candidates_for_each_other(count: int) -> None:
+    # Only the first 8 bytes are indexed: a tag is a candidate wherever any
+    # tag with its prefix was noted (the store's probe then tells them apart),
+    # whether the lookup takes the scalar path (few tags) or the array path.
+    a, b = bytes(8) + b"a" * 8, bytes(8) + b"b" * 8
+    other = b"\xff" * 16
+    locator = TagLocator()
+    locator.note(1, 1, [a])
+    locator.note(2, 5, [b, other])
+    locator.note(3, 1, [a, a])
+    tags = ([b] + [os.urandom(16) for _ in range(count - 1)])[:count]
+    result = found(locator, tags)
+    assert {(d, g) for i, d, g in result if i == 0} == {(1, 1), (2, 5), (3, 1)}
+    assert all(i == 0 for i, _, _ in result)
 
 
 def test_a_miss_and_an_empty_locator_name_nothing() -> None:
