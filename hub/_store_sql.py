@@ -857,6 +857,21 @@ class _LiveDatasets:
 
     version: int
     by_epoch: Mapping[int, tuple[_Dataset, ...]]
+    owned: Mapping[tuple[int, str], int]  # (epoch, owner) -> live datasets
+
+    @classmethod
+    def of(cls, version: int, datasets: Iterable[_Dataset]) -> _LiveDatasets:
+        by_epoch: dict[int, list[_Dataset]] = {}
+        owned: dict[tuple[int, str], int] = {}
+        for d in datasets:
+            by_epoch.setdefault(d.epoch, []).append(d)
+            owned[d.epoch, d.owner] = owned.get((d.epoch, d.owner), 0) + 1
+        return cls(version, {e: tuple(ds) for e, ds in by_epoch.items()}, owned)
+
+    def searched(self, requester: str, epoch: int, include_own: bool) -> int:
+        """How many datasets a lookup searches (`_searched`, counted)."""
+        own = 0 if include_own else self.owned.get((epoch, requester), 0)
+        return len(self.by_epoch.get(epoch, ())) - own
 
 
 def _live_version(db: Db) -> int:
@@ -883,7 +898,7 @@ class _LiveCache:
     calls `changed` and must not use `settled`."""
 
     def __init__(self) -> None:
-        self._current = _LiveDatasets(-1, {})
+        self._current = _LiveDatasets(-1, {}, {})
         self._changes = 0  # incremented by the one writer thread only
         self._loaded: tuple[int, _LiveDatasets] | None = None  # (changes then, datasets)
 
@@ -903,10 +918,7 @@ class _LiveCache:
         version = _live_version(db)
         current = self._current
         if current.version != version:
-            by_epoch: dict[int, list[_Dataset]] = {}
-            for d in _load_datasets(db, "WHERE d.version >= 1"):
-                by_epoch.setdefault(d.epoch, []).append(d)
-            current = _LiveDatasets(version, {e: tuple(ds) for e, ds in by_epoch.items()})
+            current = _LiveDatasets.of(version, _load_datasets(db, "WHERE d.version >= 1"))
             self._current = current
         self._loaded = (changes, current)
         return current

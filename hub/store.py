@@ -95,7 +95,6 @@ from hub._store_sql import (
     _next_expiry,
     _RawHit,
     _recover,
-    _searched,
     _Written,
 )
 from hub.audit import AuditTree
@@ -800,7 +799,7 @@ class SqliteTagStore(SqlStore):
         live = self._live.settled()
         if live is None or self._locator.candidates(tags.tag_list()):
             return None
-        return [], len(_searched(live, requester, epoch, include_own))
+        return [], live.searched(requester, epoch, include_own)
 
     async def _read_small(self, fn: Callable[[Db], T]) -> T:
         """Run `fn` inside one snapshot on the event loop's own connection: a

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindmatch.v1 import common_pb2
 from hub import policy
-from hub._store_sql import _CHUNK
+from hub._store_sql import _CHUNK, _Dataset, _LiveDatasets, _searched
 from hub.errors import (
     AlreadyExistsError,
     ConcurrentEnrollmentError,
@@ -780,3 +782,28 @@ def test_sqlite_schema_2_tags_are_rekeyed(tmp_path: Path) -> None:
         assert key == ["dataset_id", "gen", "tag", "handle"]
         assert conn.execute("SELECT count(*) FROM tags").fetchone()[0] == 300
     conn.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    datasets=st.lists(
+        st.tuples(st.sampled_from(["FRA", "DEU", "ITA"]), st.integers(1, 3)), max_size=12
+    ),
+    requester=st.sampled_from(["FRA", "DEU", "USA"]),
+    epoch=st.integers(1, 4),
+    include_own=st.booleans(),
+)
+def test_live_dataset_counts_match_what_a_lookup_searches(
+    datasets: list[tuple[str, int]], requester: str, epoch: int, include_own: bool
+) -> None:
+    live = _LiveDatasets.of(
+        7,
+        [
+            _Dataset(i, owner, f"d{i}", 1, 1, ep, 0, "", 0, 0, None)
+            for i, (owner, ep) in enumerate(datasets)
+        ],
+    )
+    searched = _searched(live, requester, epoch, include_own)
+    assert live.searched(requester, epoch, include_own) == len(searched)
+    for d in searched.values():
+        assert d.epoch == epoch and (include_own or d.owner != requester)
