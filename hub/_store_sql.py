@@ -1499,7 +1499,13 @@ class SqlStore(abc.ABC):
                 and time.monotonic() - self._recorded_at < _GATHER_AFTER_SECONDS
             ):
                 # Busy: let the queries about to arrive share this commit.
-                await asyncio.sleep(_GATHER_SECONDS)
+                try:
+                    await asyncio.sleep(_GATHER_SECONDS)
+                except BaseException:
+                    for _, done in self._unrecorded:
+                        done.cancel()
+                    self._unrecorded = []
+                    raise
             group, self._unrecorded = self._unrecorded, []
             try:
                 results = await self._write(
