@@ -74,7 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,10 +106,11 @@ TARGETS = {
     "rss_bytes": 1.5e9,
 }
 
+QUERY = "Hub.Query (1 tag)"
 METHODS = {
     "health Check": "/grpc.health.v1.Health/Check",
     "Hub.GetStatus": "/blindmatch.v1.Hub/GetStatus",
-    "Hub.Query (1 tag)": "/blindmatch.v1.Hub/Query",
+    QUERY: "/blindmatch.v1.Hub/Query",
 }
 
 
@@ -629,16 +630,21 @@ def held(step: dict[str, Any]) -> bool:
 
 async def latency_sweep(
     federation: Path,
-    address: str,
+    addresses: Sequence[str],
     keys: Keys,
     rates: Sequence[float],
     seconds: float,
     clients: int,
     hit_rate: float,
     profile: Callable[[str], Profiler],
-    hub_pid: int,
+    hub_pids: Sequence[int],
+    methods: Mapping[str, str] = METHODS,
 ) -> dict[str, Any]:
-    channels = [channel_for(federation, QUERIER, address, i) for i in range(clients)]
+    """Each method at each offered rate; client i talks to addresses[i % len]
+    (several hub processes: a load balancer that spreads connections)."""
+    channels = [
+        channel_for(federation, QUERIER, addresses[i % len(addresses)], i) for i in range(clients)
+    ]
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 30)
     count = int(max(rates) * seconds)
@@ -654,7 +660,7 @@ async def latency_sweep(
         return len(hub_pb2.QueryResponse.FromString(reply).matches)
 
     out: dict[str, Any] = {"clients": clients, "step_seconds": seconds, "hit_rate": hit_rate}
-    for name, method in METHODS.items():
+    for name, method in methods.items():
         is_query = method.endswith("/Query")
         requests = query_requests if is_query else [b""]
         log(f"  {name}: warm-up")
@@ -668,14 +674,16 @@ async def latency_sweep(
                 continue
             gc.collect()
             label = f"{name.split()[0].split('.')[-1].lower()}_{int(rate)}"
-            client0, hub0, t0 = time.process_time(), proc_cpu_seconds(hub_pid), time.perf_counter()
+            client0, t0 = time.process_time(), time.perf_counter()
+            hub0 = sum(proc_cpu_seconds(pid) for pid in hub_pids)
             with profile(label) as prof, Foreign() as other:
                 step = await open_loop(channels, method, requests, rate, seconds,
                                        query_hits if is_query else None)  # fmt: skip
             wall = time.perf_counter() - t0
             step["machine"] = other.result
             step["client_cpu_cores"] = round((time.process_time() - client0) / wall, 2)
-            step["hub_cpu_cores"] = round((proc_cpu_seconds(hub_pid) - hub0) / wall, 2)
+            hub_cpu = sum(proc_cpu_seconds(pid) for pid in hub_pids) - hub0
+            step["hub_cpu_cores"] = round(hub_cpu / wall, 2)
             if prof.enabled:
                 step["profile"] = prof.summary()
             if is_query:
@@ -798,6 +806,7 @@ class Store:
     """Where a measured hub keeps its data: its configuration keys and its footprint."""
 
     name = "?"
+    several_hubs = False  # whether several hub processes may serve it at once
 
     def config(self, folder: Path) -> dict[str, str]:
         raise NotImplementedError
@@ -853,6 +862,7 @@ class PostgresStore(Store):
     (the tests' server turns them off), with 1 GB of shared buffers."""
 
     name = "postgres"
+    several_hubs = True
 
     def __init__(self) -> None:
         from tests.pg import PostgresServer
@@ -926,6 +936,44 @@ class Args:
     profile: Path | None
     seed: int
     wait_quiet: float
+    hubs: int
+
+
+def several_hubs(
+    args: Args, keys: Keys, store: Store, folder: Path, federation: Path, first: HubProcess
+) -> dict[str, Any]:
+    """The single-tag query again, served by `args.hubs` hub processes on the
+    one database (the first one and more started for this), each client
+    connected to one of them."""
+    extra = [
+        HubProcess(folder / f"hub{n + 2}", federation, store.config(folder))
+        for n in range(args.hubs - 1)
+    ]
+    try:
+        for hub in extra:
+            hub.root.mkdir(parents=True, exist_ok=True)
+            hub.start()
+        hubs = [first, *extra]
+        log(f"query latency, {len(hubs)} hub processes on one database ...")
+        wait_for_quiet(args.wait_quiet)
+        sweep = latency_sweep(
+            federation,
+            [h.address for h in hubs],
+            keys,
+            args.rates,
+            args.step_seconds,
+            args.clients,
+            args.hit_rate,
+            lambda label: Profiler(None, first.pid, label),
+            [h.pid for h in hubs],
+            {QUERY: METHODS[QUERY]},
+        )
+        result = asyncio.run(sweep)
+    finally:
+        for hub in extra:
+            hub.stop()
+    result["hubs"] = args.hubs
+    return result
 
 
 def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) -> dict[str, Any]:
@@ -968,10 +1016,12 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
 
         quiet["latency"] = wait_for_quiet(args.wait_quiet)
         log(f"query latency, {args.clients} clients, open loop ...")
-        sweep = latency_sweep(federation, address, keys, args.rates, args.step_seconds,
-                              args.clients, args.hit_rate, profile, hub.pid)  # fmt: skip
+        sweep = latency_sweep(federation, [address], keys, args.rates, args.step_seconds,
+                              args.clients, args.hit_rate, profile, [hub.pid])  # fmt: skip
         latency = asyncio.run(sweep)
         memory["after_queries"] = proc_memory(hub.pid)
+        if store.several_hubs and args.hubs > 1:
+            latency["several_hubs"] = several_hubs(args, keys, store, folder, federation, hub)
 
         log(f"bulk match: {args.bulk:,} tags ({args.hit_rate:.0%} enrolled), "
             f"median of {args.bulk_runs} runs ...")  # fmt: skip
@@ -1068,6 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--wait-quiet", type=float, default=60.0,
                         help="before each phase, wait up to this many seconds for other processes to go quiet")
+    parser.add_argument("--hubs", type=int, default=2,
+                        help="hub processes on one database for a second query sweep (PostgreSQL only; 1: none)")
     parser.add_argument("--json-out", type=Path, default=RESULTS)
     ns = parser.parse_args(argv)
     args = Args(
@@ -1075,7 +1127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hit_rate=ns.hit_rate, rates=[float(r) for r in ns.rates.split(",")],
         step_seconds=ns.step_seconds, clients=ns.clients, ingest_streams=ns.ingest_streams,
         enroll_batch=ns.enroll_batch, bulk_runs=ns.bulk_runs, form=ns.form, profile=ns.profile_dir if ns.profile else None, seed=ns.seed,
-        wait_quiet=ns.wait_quiet,
+        wait_quiet=ns.wait_quiet, hubs=ns.hubs,
     )  # fmt: skip
     stores = [s.strip() for s in ns.stores.split(",") if s.strip()]
     if args.profile and py_spy() is None:
@@ -1147,6 +1199,16 @@ def _ok(good: bool) -> str:
     return "ok" if good else "MISSED"
 
 
+def _step_row(call: str, step: dict[str, Any]) -> str:
+    """One line of the latency table."""
+    return (
+        f"  {call:<20}{step['offered_per_s']:>7,.0f}{step['p50_ms']:>9.2f}{step['p99_ms']:>9.2f}"
+        f"{step['max_ms']:>9.1f}{step['completed_on_time'] / step['sent']:>9.1%}"
+        f"{step.get('hub_cpu_cores', float('nan')):>6.2f}{step.get('client_cpu_cores', float('nan')):>7.2f}"
+        f"{_others(step):>7}  {'yes' if step['held'] else 'no'}"
+    )
+
+
 def render(r: dict[str, Any]) -> str:
     p = r["parameters"]
     lines = [
@@ -1184,18 +1246,16 @@ def render(r: dict[str, Any]) -> str:
         ]
         lat = s["latency"]
         for call in METHODS:
-            for step in lat[call]["steps"]:
-                lines.append(
-                    f"  {call:<20}{step['offered_per_s']:>7,.0f}{step['p50_ms']:>9.2f}{step['p99_ms']:>9.2f}"
-                    f"{step['max_ms']:>9.1f}{step['completed_on_time'] / step['sent']:>9.1%}"
-                    f"{step.get('hub_cpu_cores', float('nan')):>6.2f}{step.get('client_cpu_cores', float('nan')):>7.2f}"
-                    f"{_others(step):>7}  "
-                    f"{'yes' if step['held'] else 'no'}"
-                )
-        q = lat["Hub.Query (1 tag)"]["highest_rate_held"]
+            lines += [_step_row(call, step) for step in lat[call]["steps"]]
+        q = lat[QUERY]["highest_rate_held"]
+        several = lat.get("several_hubs")
+        if several:
+            lines.append(f"  {several['hubs']} hub processes on this database, each client connected to one:")
+            lines += [_step_row(QUERY, step) for step in several[QUERY]["steps"]]
         lines += [
             "  highest load held: " + ", ".join(f"{c} {lat[c]['highest_rate_held']:,.0f} q/s" for c in METHODS)
-            + f"   Query target >= {TARGETS['query_rate_at_p99']:,}: {_ok(q >= TARGETS['query_rate_at_p99'])}",
+            + f"   Query target >= {TARGETS['query_rate_at_p99']:,}: {_ok(q >= TARGETS['query_rate_at_p99'])}"
+            + (f"; {several['hubs']} hubs: {several[QUERY]['highest_rate_held']:,.0f} q/s" if several else ""),
             "",
             f"  bulk match {b['tags']:,} tags against {b['index_tags']:,} ({b['batches']} batches): "
             f"{b['seconds']:.2f} s (median; runs "

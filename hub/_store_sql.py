@@ -906,6 +906,11 @@ class _LiveCache:
         """A COMMIT (already done) moved the live version."""
         self._changes += 1
 
+    @property
+    def current(self) -> _LiveDatasets:
+        """The live datasets as last loaded (version -1: none yet)."""
+        return self._current
+
     def settled(self) -> _LiveDatasets | None:
         """The live datasets, if loaded since the last `changed`."""
         loaded = self._loaded
@@ -940,15 +945,23 @@ def _lookup(
     include_own: bool,
 ) -> tuple[list[_RawHit], int]:
     searched = _searched(live.get(db), requester, epoch, include_own)
-    hits: list[_RawHit] = []
     if not searched:
-        return hits, 0
-    tag_list = tags.tag_list()
-    by_tag = _group_by_tag(db.tag_rows(tag_list))
+        return [], 0
+    return _hits(searched, tags, db.tag_rows(tags.tag_list())), len(searched)
+
+
+def _hits(
+    searched: Mapping[int, _Dataset], tags: QueryColumns, rows: Iterable[TagRow]
+) -> list[_RawHit]:
+    """The rows (`Db.tag_rows` of `tags`, from the snapshot that `searched`
+    comes from) that are hits: a searched dataset's live generation, the
+    asked key type, not removed."""
+    hits: list[_RawHit] = []
+    by_tag = _group_by_tag(rows)
     if not by_tag:
-        return hits, len(searched)
+        return hits
     codes = tags.codes
-    for index, tag in enumerate(tag_list):
+    for index, tag in enumerate(tags.tag_list()):
         if tag not in by_tag:
             continue
         code = codes[index]
@@ -957,7 +970,7 @@ def _lookup(
             if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
                 continue
             hits.append(_RawHit(index, d, handle, code, tag))
-    return hits, len(searched)
+    return hits
 
 
 @dataclass(frozen=True)
@@ -1464,7 +1477,7 @@ class SqlStore(abc.ABC):
         """Find hits on a read snapshot, then record them as matches, with
         the query's audit leaf (see `_record`)."""
         columns = query_columns(tags)
-        found = self._lookup_without_database(requester, epoch, columns, include_own)
+        found = await self._quick_lookup(requester, epoch, columns, include_own)
         if found is None:
             read = self._read_small if len(columns) <= _SMALL_QUERY else self._read
             found = await read(
@@ -1474,11 +1487,11 @@ class SqlStore(abc.ABC):
         hits, index = await self._record(_QueryRecord(requester, len(tags), raw))
         return QueryResult(hits=tuple(hits), datasets_searched=searched, audit_index=index)
 
-    def _lookup_without_database(
+    async def _quick_lookup(
         self, requester: str, epoch: int, tags: QueryColumns, include_own: bool
     ) -> tuple[list[_RawHit], int] | None:
-        """A lookup's answer when it needs no snapshot of the database, else
-        None (always, unless a store knows better)."""
+        """A small lookup's answer by a way cheaper than a read transaction,
+        or None when there is none (always, unless a store knows one)."""
         return None
 
     async def _record(self, record: _QueryRecord) -> tuple[list[Hit], int]:

@@ -788,12 +788,13 @@ class SqliteTagStore(SqlStore):
         except sqlite3.OperationalError as exc:
             raise StorageError(f"the hub's database failed ({exc}); retry later") from exc
 
-    def _lookup_without_database(
+    async def _quick_lookup(
         self, requester: str, epoch: int, tags: QueryColumns, include_own: bool
     ) -> tuple[list[_RawHit], int] | None:
         """A small lookup whose tags the locator has never seen (most queries
-        miss) hits nothing in any snapshot: answered from memory, if the live
-        datasets are settled (every write passes through this process)."""
+        miss) hits nothing in any snapshot: answered from memory, without a
+        read of the database, if the live datasets are settled (every write
+        passes through this process)."""
         if len(tags) > _SMALL_QUERY:
             return None
         live = self._live.settled()

@@ -57,17 +57,21 @@ import psycopg_pool
 from psycopg.rows import TupleRow
 
 from hub._store_sql import (
+    _SMALL_QUERY,
     Db,
     SqlEnrollment,
     SqlStore,
     TagRow,
     _begin,
     _drop_staging,
+    _hits,
     _next_expiry,
+    _RawHit,
+    _searched,
     _update,
     _Written,
 )
-from hub.columns import KeyColumns
+from hub.columns import KeyColumns, QueryColumns
 from hub.errors import StorageError
 from hub.policy import HANDLE_LENGTH, TAG_LENGTH, EnrollSpec, TaggedKey, UpdateResult
 
@@ -417,6 +421,15 @@ def _instance_gone(db: Db, instance: int) -> bool:
     return bool(free)
 
 
+# The live version and a lookup's tag rows (`_PgDb.tag_rows`) in one statement.
+_LIVE_VERSION_AND_TAG_ROWS = (
+    "SELECT m.value, t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at "
+    "FROM meta m LEFT JOIN tags t ON t.tag = ANY(%s) "
+    "LEFT JOIN removed r ON r.dataset_id = t.dataset_id AND r.gen = t.gen "
+    "AND r.handle = t.handle WHERE m.key = 'live_version'"
+)
+
+
 class PostgresTagStore(SqlStore):
     """`HubStore` on a PostgreSQL database shared by any number of hub
     processes (see the module docstring): a connection pool used from
@@ -535,6 +548,30 @@ class PostgresTagStore(SqlStore):
                 return fn(_PgDb(conn))
 
         return await self._run(self._reader_pool, snapshot)
+
+    async def _quick_lookup(
+        self, requester: str, epoch: int, tags: QueryColumns, include_own: bool
+    ) -> tuple[list[_RawHit], int] | None:
+        """A small lookup in one statement (one snapshot, one round trip,
+        no transaction), if the live version it reads is the one whose
+        datasets this process last loaded; else None (the caller's read
+        transaction then loads the new ones)."""
+        if len(tags) > _SMALL_QUERY:
+            return None
+        live = self._live.current
+        asked = sorted(set(tags.tag_list()))
+
+        def read() -> list[tuple[Any, ...]]:
+            with self._pool.connection() as conn:
+                return conn.execute(_LIVE_VERSION_AND_TAG_ROWS, (asked,)).fetchall()
+
+        found = await self._run(self._reader_pool, read)
+        if not found or found[0][0] != live.version:
+            return None
+        rows: list[TagRow] = [row[1:] for row in found if row[1] is not None]
+        rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+        searched = _searched(live, requester, epoch, include_own)
+        return (_hits(searched, tags, rows) if searched else []), len(searched)
 
     def _recover(self, db: Db, written: _Written) -> int:
         """Abort the staging generations of hub processes that are gone."""
