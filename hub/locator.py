@@ -261,17 +261,29 @@ class TagLocator:
                 counts.append((dataset_id, gen, int(prefixes.shape[0])))
         with self._lock:
             journal, self._journal = self._journal or [], None
-            self._slot_of = {}
-            self._state = _State()
-            slot_parts = [np.full(n, self._slot_locked(d, g), dtype=_SLOT) for d, g, n in counts]
-            for run, pairs in journal:
+            # Built aside and published in one assignment: lookups read
+            # `_state` without the lock and must never see it half-built
+            # (sorting millions of entries lets other threads run).
+            slot_of: dict[tuple[int, int], int] = {}
+            pairs: list[tuple[int, int]] = []
+
+            def slot(key: tuple[int, int]) -> int:
+                found = slot_of.get(key)
+                if found is None:
+                    found = slot_of[key] = len(pairs)
+                    pairs.append(key)
+                return found
+
+            slot_parts = [np.full(n, slot((d, g)), dtype=_SLOT) for d, g, n in counts]
+            for run, noted_pairs in journal:
                 # A journal run's slots are numbered as when it was noted.
-                remap = np.zeros(len(pairs), dtype=_SLOT)
+                remap = np.zeros(len(noted_pairs), dtype=_SLOT)
                 for old in np.unique(run.slots).tolist():
-                    remap[old] = self._slot_locked(*pairs[old])
+                    remap[old] = slot(noted_pairs[old])
                 prefix_parts.append(run.prefixes)
                 slot_parts.append(remap[run.slots])
             runs: tuple[Run, ...] = ()
             if prefix_parts:
                 runs = (build_run(np.concatenate(prefix_parts), np.concatenate(slot_parts)),)
-            self._state = _State(runs, self._state.pairs)
+            self._slot_of = slot_of
+            self._state = _State(runs, tuple(pairs))

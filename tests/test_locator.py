@@ -186,3 +186,33 @@ def test_compaction_gives_way_to_a_concurrent_merge(monkeypatch: pytest.MonkeyPa
     assert {(c.index, c.dataset_id) for c in locator.candidates(everything)} == set(
         enumerate(owners)
     )
+
+
+@pytest.mark.parametrize("count", [3, 40])  # the scalar and the array lookup
+def test_lookups_during_a_rebuild_see_the_old_entries(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """Lookups run on other threads while `install` sorts the rebuilt run
+    (numpy lets them): they must find every tag then too.  A rebuild that
+    emptied the index before filling it lost hits after a hub restart."""
+    locator = TagLocator()
+    tags = [os.urandom(16) for _ in range(count)]
+    locator.note(1, 1, tags)
+    locator.start_journal()
+    late = [os.urandom(16) for _ in range(2)]
+    locator.note(2, 1, late)  # noted while the snapshot is scanned: journaled
+    original = locator_module.build_run
+    seen_during: list[set[tuple[int, int, int]]] = []
+
+    def build_run_while_looking(prefixes: Prefixes, slots: Slots) -> Run:
+        seen_during.append(found(locator, tags))  # what another thread would see now
+        return original(prefixes, slots)
+
+    monkeypatch.setattr(locator_module, "build_run", build_run_while_looking)
+    locator.install([(1, 1, prefixes_of(tags))])
+    assert seen_during == [{(i, 1, 1) for i in range(count)}]
+    assert found(locator, [*tags, *late]) == {
+        *((i, 1, 1) for i in range(count)),
+        (count, 2, 1),
+        (count + 1, 2, 1),
+    }
