@@ -302,6 +302,19 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+# A `TagRow` as selected from `tags t` with its tombstone (`_REMOVED`).
+_TAG_ROW = "t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at"
+_REMOVED = (
+    "LEFT JOIN removed r ON r.dataset_id = t.dataset_id AND r.gen = t.gen AND r.handle = t.handle"
+)
+
+
+def _in_key_order(rows: list[TagRow]) -> list[TagRow]:
+    """Tag rows sorted by (tag, dataset, gen, handle), as `Db.tag_rows` returns them."""
+    rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+    return rows
+
+
 class _PgDb:
     """`Db` on a psycopg connection inside a transaction."""
 
@@ -323,13 +336,10 @@ class _PgDb:
         if not tags:
             return []
         rows: list[TagRow] = self._conn.execute(
-            "SELECT t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at "
-            "FROM tags t LEFT JOIN removed r ON r.dataset_id = t.dataset_id "
-            "AND r.gen = t.gen AND r.handle = t.handle WHERE t.tag = ANY(%s)",
+            f"SELECT {_TAG_ROW} FROM tags t {_REMOVED} WHERE t.tag = ANY(%s)",  # noqa: S608 - constants
             (sorted(set(tags)),),
         ).fetchall()
-        rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
-        return rows
+        return _in_key_order(rows)
 
     def _copy(self, table: str, data: bytes) -> None:
         with (
@@ -423,10 +433,8 @@ def _instance_gone(db: Db, instance: int) -> bool:
 
 # The live version and a lookup's tag rows (`_PgDb.tag_rows`) in one statement.
 _LIVE_VERSION_AND_TAG_ROWS = (
-    "SELECT m.value, t.tag, t.dataset_id, t.gen, t.handle, t.key_type, t.added, r.removed_at "
-    "FROM meta m LEFT JOIN tags t ON t.tag = ANY(%s) "
-    "LEFT JOIN removed r ON r.dataset_id = t.dataset_id AND r.gen = t.gen "
-    "AND r.handle = t.handle WHERE m.key = 'live_version'"
+    f"SELECT m.value, {_TAG_ROW} FROM meta m LEFT JOIN tags t ON t.tag = ANY(%s) "  # noqa: S608
+    f"{_REMOVED} WHERE m.key = 'live_version'"
 )
 
 
@@ -568,8 +576,7 @@ class PostgresTagStore(SqlStore):
         found = await self._run(self._reader_pool, read)
         if not found or found[0][0] != live.version:
             return None
-        rows: list[TagRow] = [row[1:] for row in found if row[1] is not None]
-        rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+        rows = _in_key_order([row[1:] for row in found if row[1] is not None])
         searched = _searched(live, requester, epoch, include_own)
         return (_hits(searched, tags, rows) if searched else []), len(searched)
 
