@@ -278,6 +278,7 @@ class HubProcess:
     root: Path
     federation: Path
     store: dict[str, str]  # the configuration keys that choose the store
+    listeners: int | None = None  # hub.toml listeners (None: the hub's default)
     process: subprocess.Popen[bytes] | None = None
     address: str = ""
 
@@ -304,6 +305,7 @@ class HubProcess:
         address_file.unlink(missing_ok=True)
         lines = [
             'listen = "127.0.0.1:0"',
+            *([f"listeners = {self.listeners}"] if self.listeners is not None else []),
             *(f"{k} = {json.dumps(v)}" for k, v in self.store.items()),
             f'address_file = "{address_file}"',
             f'federation = "{self.federation}"',
@@ -937,6 +939,7 @@ class Args:
     seed: int
     wait_quiet: float
     hubs: int
+    listeners: int | None
 
 
 def several_hubs(
@@ -946,7 +949,7 @@ def several_hubs(
     one database (the first one and more started for this), each client
     connected to one of them."""
     extra = [
-        HubProcess(folder / f"hub{n + 2}", federation, store.config(folder))
+        HubProcess(folder / f"hub{n + 2}", federation, store.config(folder), args.listeners)
         for n in range(args.hubs - 1)
     ]
     try:
@@ -979,7 +982,7 @@ def several_hubs(
 def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) -> dict[str, Any]:
     folder = root / store.name
     folder.mkdir(parents=True)
-    hub = HubProcess(folder, federation, store.config(folder))
+    hub = HubProcess(folder, federation, store.config(folder), args.listeners)
     address = hub.start()
     log(f"hub ({store.name}) pid {hub.pid} on {address}")
     memory: dict[str, dict[str, int]] = {"idle": proc_memory(hub.pid)}
@@ -1108,6 +1111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default="250,500,1000,1500,2000,3000", help="offered q/s, comma-separated")
     parser.add_argument("--step-seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--listeners", type=int, default=None,
+                        help="gRPC servers sharing the hub's port (hub.toml listeners; default: the hub's)")
     parser.add_argument("--ingest-streams", type=int, default=2, help="enrollments in flight")
     parser.add_argument("--enroll-batch", type=int, default=BATCH, help="keys per TagBatch")
     parser.add_argument("--form", choices=["columns", "keys"], default="columns",
@@ -1127,7 +1132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hit_rate=ns.hit_rate, rates=[float(r) for r in ns.rates.split(",")],
         step_seconds=ns.step_seconds, clients=ns.clients, ingest_streams=ns.ingest_streams,
         enroll_batch=ns.enroll_batch, bulk_runs=ns.bulk_runs, form=ns.form, profile=ns.profile_dir if ns.profile else None, seed=ns.seed,
-        wait_quiet=ns.wait_quiet, hubs=ns.hubs,
+        wait_quiet=ns.wait_quiet, hubs=ns.hubs, listeners=ns.listeners,
     )  # fmt: skip
     stores = [s.strip() for s in ns.stores.split(",") if s.strip()]
     if args.profile and py_spy() is None:

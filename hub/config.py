@@ -1,6 +1,10 @@
 """The hub's configuration: a typed, frozen object loaded from TOML.
 
     listen = "0.0.0.0:7443"                  # host:port; port 0 = any free port
+    listeners = 4                            # gRPC servers sharing that port (SO_REUSEPORT):
+                                             # grpc.aio accepts one call at a time per
+                                             # server, so under load several accept calls
+                                             # in parallel; 1 = one server, port not shared
     credentials = "/etc/blindmatch/hub"      # folder with tls.crt, tls.key, ca.crt, or
                                              # tls_cert, tls_key, ca_cert: the three files
     store = "sqlite"                         # or "postgres" (default: sqlite)
@@ -45,6 +49,7 @@ _DEFAULT_AUDIT_KEY = "audit-signing.key"
 _KNOWN = frozenset(
     {
         "listen",
+        "listeners",
         "credentials",
         *_TLS_FILES,
         "store",
@@ -70,6 +75,7 @@ class HubConfig:
     tls: pki.TlsFiles
     database: Path | None = None
     listen: str = "127.0.0.1:7443"
+    listeners: int = 4
     federation: Path | None = None
     address_file: Path | None = None
     max_tags_per_request: int = 10_000
@@ -81,6 +87,8 @@ class HubConfig:
     postgres_dsn: str | None = None
 
     def __post_init__(self) -> None:
+        if not 1 <= self.listeners <= 64:
+            raise ConfigError(f"listeners must be from 1 to 64, got {self.listeners}")
         if self.store not in STORES:
             raise ConfigError(f"store must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.store == "sqlite" and self.database is None:
@@ -232,6 +240,7 @@ class HubConfig:
             store=store,
             postgres_dsn=dsn,
             listen=listen,
+            listeners=integer("listeners", 4, 1, 64),
             federation=optional_path("federation"),
             address_file=optional_path("address_file"),
             max_tags_per_request=integer("max_tags_per_request", 10_000, 1, 1_000_000),

@@ -12,7 +12,7 @@ handle or identifier.
     server = grpc.aio.server(interceptors=ops.interceptors(), options=...)
     HubService(store, ..., quota=ops.quota, audit=store, metrics=ops.metrics)
     ...                                   # add the other servicers
-    ops.start(server, service_names)      # reflection and the metrics endpoint
+    ops.start([server], service_names)    # reflection and the metrics endpoint
     ...
     ops.stop()
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter
@@ -72,10 +72,12 @@ class Operations:
         """For `grpc.aio.server(interceptors=...)`."""
         return self.metrics.rpc.interceptors()
 
-    def start(self, server: grpc.aio.Server, services: Iterable[str]) -> None:
-        """Enable reflection (before the server starts) and the metrics endpoint."""
+    def start(self, servers: Sequence[grpc.aio.Server], services: Iterable[str]) -> None:
+        """Enable reflection on every server (before they start) and the metrics endpoint."""
         if self.config.reflection:
-            enable_reflection(server, services)
+            names = tuple(services)
+            for server in servers:
+                enable_reflection(server, names)
         if self.config.metrics_listen:
             self.endpoint = serve_metrics(self.metrics.registry, self.config.metrics_listen)
             path = self.config.metrics_address_file

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +136,54 @@ def migrate(config_path: Path) -> Migration:
     return Migration(config.store_description, before, after)
 
 
+def _bind(
+    servers: Sequence[grpc.aio.Server], listen: str, credentials: grpc.ServerCredentials
+) -> int:
+    """Bind every server to `listen` (the first picks the port when it is 0);
+    the port.  Several servers share it with SO_REUSEPORT: grpc.aio accepts
+    one new call at a time per server (the next only after the event loop
+    has come round), so under load calls wait to be accepted, not served;
+    with several servers the kernel spreads the connections over them and
+    each accepts its own."""
+    host, _, wanted = listen.rpartition(":")
+    if len(servers) > 1 and int(wanted) != 0:
+        _check_port_free(host, int(wanted), listen)
+    port = int(wanted)
+    for server in servers:
+        try:
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc}") from None
+        if bound == 0:
+            raise ConfigError(f"cannot listen on {listen}")
+        port = bound
+    return port
+
+
+def _check_port_free(host: str, port: int, listen: str) -> None:
+    """Refuse a port some socket already listens on.  Servers that share a
+    port with SO_REUSEPORT would otherwise also share it with another process
+    of the same user (a second hub started by mistake) and lose half the calls
+    to it; a plain bind, which SO_REUSEPORT does not let through, finds out."""
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"cannot listen on {listen}: the port is in use (another hub?)"
+                    ) from None
+                # Another failure (say, no IPv6 here) is gRPC's to report.
+
+
 @contextlib.contextmanager
 def _signals(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
@@ -170,47 +220,41 @@ async def serve(
     signer = TreeHeadSigner(_audit_key(config, directory))
     store = await open_store(config)
     try:
-        server = grpc.aio.server(
-            interceptors=operations.interceptors(),
-            options=[
-                ("grpc.max_receive_message_length", message_bytes),
-                ("grpc.max_send_message_length", message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
         directory_source = directory.get if directory is not None else None
-        hub_pb2_grpc.add_HubServicer_to_server(
-            HubService(
-                store,
-                max_tags_per_request=config.max_tags_per_request,
-                directory=directory_source,
-                quota=operations.quota,
-                audit=store,
-                metrics=operations.metrics,
-            ),
-            server,
+        hub_service = HubService(
+            store,
+            max_tags_per_request=config.max_tags_per_request,
+            directory=directory_source,
+            quota=operations.quota,
+            audit=store,
+            metrics=operations.metrics,
         )
-        audit_pb2_grpc.add_AuditLogServicer_to_server(
-            AuditLogService(store, signer, directory=directory_source), server
-        )
-        disclosure_pb2_grpc.add_DisclosureServicer_to_server(
-            DisclosureService(
-                store,
-                directory=directory_source,
-                max_lifetime_days=config.max_disclosure_days,
-            ),
-            server,
+        audit_service = AuditLogService(store, signer, directory=directory_source)
+        disclosure_service = DisclosureService(
+            store, directory=directory_source, max_lifetime_days=config.max_disclosure_days
         )
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        operations.start(server, (*_SERVICES, health.SERVICE_NAME))
-        try:
-            port = server.add_secure_port(config.listen, credentials)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {config.listen}: {exc}") from None
-        if port == 0:
-            raise ConfigError(f"cannot listen on {config.listen}")
-        await server.start()
+        servers = []
+        for _ in range(config.listeners):
+            server = grpc.aio.server(
+                interceptors=operations.interceptors(),
+                options=[
+                    ("grpc.max_receive_message_length", message_bytes),
+                    ("grpc.max_send_message_length", message_bytes),
+                    # One server alone never shares its port, so a second hub on
+                    # the same port fails to bind instead of taking half the calls.
+                    ("grpc.so_reuseport", int(config.listeners > 1)),
+                ],
+            )
+            hub_pb2_grpc.add_HubServicer_to_server(hub_service, server)
+            audit_pb2_grpc.add_AuditLogServicer_to_server(audit_service, server)
+            disclosure_pb2_grpc.add_DisclosureServicer_to_server(disclosure_service, server)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            servers.append(server)
+        operations.start(servers, (*_SERVICES, health.SERVICE_NAME))
+        port = _bind(servers, config.listen, credentials)
+        for server in servers:
+            await server.start()
         try:
             for service in ("", *_SERVICES):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -226,7 +270,7 @@ async def serve(
         finally:
             await health_servicer.enter_graceful_shutdown()
             await store.interrupt_waiters()
-            await server.stop(config.grace_period)
+            await asyncio.gather(*(server.stop(config.grace_period) for server in servers))
     finally:
         operations.stop()
         await store.close()

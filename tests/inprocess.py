@@ -133,7 +133,7 @@ class InProcessHub:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         tls = pki.TlsFiles.in_folder(self.root / "hub")
         port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
-        self.operations.start(server, HUB_SERVICES)
+        self.operations.start([server], HUB_SERVICES)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self.server = server

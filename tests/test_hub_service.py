@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -825,6 +826,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         'credentials = "c"\ndatabase = "d"\nmax_tags_per_request = 0\n': "max_tags_per_request",
         'credentials = "c"\ndatabase = "d"\nlisten = "nope"\n': "listen must be host:port",
         'credentials = "c"\ndatabase = "d"\ngrace_period = "x"\n': "grace_period",
+        'credentials = "c"\ndatabase = "d"\nlisteners = 0\n': "listeners must be an integer from 1",
         "credentials = \n": "not valid TOML",
     }
     for text, fragment in cases.items():
@@ -845,6 +847,91 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert loaded.database == Path("/abs/hub.sqlite")
     assert (loaded.address_file, loaded.federation) == (tmp_path / "a", None)
     assert loaded.max_tags_per_request == 10_000
+    assert loaded.listeners == 4
+
+
+def _listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (Linux: /proc/net/tcp and tcp6;
+    gRPC may bind 127.0.0.1 as a v4-mapped IPv6 socket)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                count += 1
+    return count
+
+
+def _sqlite_config(
+    federation: Federation, tmp_path: Path, listen: str, listeners: int
+) -> HubConfig:
+    return HubConfig(
+        tls=pki.TlsFiles.in_folder(federation.hub),
+        database=tmp_path / f"hub-{listeners}.sqlite",
+        listen=listen,
+        listeners=listeners,
+        grace_period=1.0,
+    )
+
+
+def test_listeners_share_the_port_and_every_connection_is_served(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = _sqlite_config(federation, tmp_path, "127.0.0.1:0", 3)
+
+    async def scenario(hub: Hub) -> None:
+        port = int(hub.address.rpartition(":")[2])
+        assert _listening_sockets(port) == 3
+        # Separate connections (each channel its own subchannel pool), which
+        # the kernel spreads over the listeners; one that did not serve would
+        # leave its connections' calls unanswered.
+        creds = pki.TlsFiles.in_folder(federation.bureaus["DEU"]).channel_credentials()
+        own_pool = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [
+            grpc.aio.secure_channel(hub.address, creds, options=own_pool) for _ in range(12)
+        ]
+        try:
+            statuses = await asyncio.gather(
+                *(
+                    hub_pb2_grpc.HubStub(ch).GetStatus(hub_pb2.GetStatusRequest(), timeout=10)
+                    for ch in channels
+                )
+            )
+        finally:
+            for channel in channels:
+                await channel.close()
+        assert [s.caller for s in statuses] == ["DEU"] * 12
+
+    run_with_hub(federation, config, scenario)
+
+
+def test_a_port_in_use_is_refused_with_shared_listeners(
+    federation: Federation, tmp_path: Path
+) -> None:
+    # SO_REUSEPORT would let a second hub of the same user share the port
+    # and take half the calls: the hub checks with a plain bind first.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        config = _sqlite_config(federation, tmp_path, f"127.0.0.1:{taken}", 4)
+        with pytest.raises(ConfigError, match=rf"127.0.0.1:{taken}: the port is in use"):
+            asyncio.run(asyncio.wait_for(serve(config), 10))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    first = _sqlite_config(federation, tmp_path / "first", f"127.0.0.1:{free}", 4)
+    (tmp_path / "first").mkdir()
+
+    async def scenario(hub: Hub) -> None:
+        assert _listening_sockets(free) == 4
+        for listeners in (4, 1):
+            second = _sqlite_config(federation, tmp_path, f"127.0.0.1:{free}", listeners)
+            with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{free}"):
+                await asyncio.wait_for(serve(second), 10)
+        assert (await hub.DEU.GetStatus(hub_pb2.GetStatusRequest(), timeout=5)).caller == "DEU"
+
+    run_with_hub(federation, first, scenario)
 
 
 @pytest.fixture
