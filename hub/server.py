@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -43,7 +44,7 @@ from hub.quota_config import OpsConfig
 from hub.service import AuditLogService, DisclosureService, HubService
 from hub.store import HubStore, SqliteTagStore
 
-__all__ = ["Migration", "migrate", "open_store", "run", "serve"]
+__all__ = ["Migration", "migrate", "open_store", "run", "serve", "settle_heap"]
 
 log = logging.getLogger("blindmatch.hub")
 
@@ -283,4 +284,17 @@ def run(config_path: Path) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
-    asyncio.run(serve(config, ops=OpsConfig.load(config_path)))
+    asyncio.run(serve(config, ops=OpsConfig.load(config_path), ready=settle_heap))
+
+
+def settle_heap(_address: str = "") -> None:
+    """Move what start-up built into the collector's permanent generation.
+
+    The modules, the store's caches and the servers live as long as the
+    process; a full collection walking them stopped the event loop for
+    14-19 ms (twice in six seconds at 2,000 queries/s), after this for
+    about 1 ms.  Called once the hub serves, by the process entry only (a
+    library caller's heap is its own business)."""
+    gc.collect()
+    gc.freeze()
+    log.info("start-up objects kept out of garbage collection: %d", gc.get_freeze_count())
