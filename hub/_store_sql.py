@@ -123,6 +123,14 @@ class Db(Protocol):
         """Run one statement per row of arguments; the total rows changed."""
         ...
 
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        """INSERT `rows` into `table` in as few round trips as the database
+        allows.  SQLite: statements of up to 500 rows each (`executemany`
+        steps once per row, and the writer thread gives up and retakes the
+        GIL at every step, each time waiting for the event loop); PostgreSQL:
+        `executemany` (one pipeline)."""
+        ...
+
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         """Every row of `tags` whose tag is one of `tags` (any dataset,
         generation or key type) with its tombstone, if any, ordered by (tag,
@@ -1025,11 +1033,12 @@ def _record_queries(
                 hits=len(record.raw),
             )
         )
-    db.executemany(
-        "INSERT INTO matches (match_id, kind, requester, owner, dataset_id, handle, key_type, "
-        "created_ms, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    db.insert(
+        "matches",
+        ("match_id", "kind", "requester", "owner", "dataset_id", "handle", "key_type",
+         "created_ms", "tag"),
         rows,
-    )
+    )  # fmt: skip
     indices = _audit_many(db, written, entries)
     return list(zip(answers, indices, strict=True))
 
@@ -1049,10 +1058,7 @@ def _audit_many(db: Db, written: _Written, entries: Sequence[bytes]) -> list[int
         raise AssertionError("an audit leaf can only be appended by a serialized write")
     first = written.audit_base + len(written.audit)
     indices = list(range(first, first + len(entries)))
-    db.executemany(
-        "INSERT INTO audit_leaves (idx, entry) VALUES (?, ?)",
-        list(zip(indices, entries, strict=True)),
-    )
+    db.insert("audit_leaves", ("idx", "entry"), list(zip(indices, entries, strict=True)))
     written.audit.extend(entries)
     return indices
 

@@ -447,6 +447,8 @@ CREATE TABLE IF NOT EXISTS disclosure_sequences (
 # (dataset, gen, tag) probes per lookup statement: 3 variables each, well
 # under SQLite's limit of 32,766.
 _PROBES_PER_STATEMENT = 2000
+# Rows per multi-row INSERT: at most 4,500 variables for the widest table.
+_ROWS_PER_INSERT = 500
 
 
 class _SqliteDb:
@@ -461,6 +463,13 @@ class _SqliteDb:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> int:
         return self._conn.executemany(sql, rows).rowcount
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constants
+        row = "(" + ", ".join("?" * len(columns)) + ")"
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            self._conn.execute(head + ", ".join([row] * len(chunk)), [v for r in chunk for v in r])
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         # Only the locator's candidates are deduplicated and sorted: a bulk

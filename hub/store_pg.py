@@ -332,6 +332,11 @@ class _PgDb:
             cursor.executemany(_pg(sql), batch)
             return cursor.rowcount
 
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        marks = ", ".join("?" * len(columns))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constants
+        self.executemany(sql, rows)
+
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         if not tags:
             return []

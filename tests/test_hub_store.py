@@ -496,6 +496,26 @@ def test_concurrent_queries_each_get_their_own_audit_leaf(
     with_store(open_store, scenario)
 
 
+def test_a_query_with_more_hits_than_one_insert_takes_records_them_all(
+    open_store: OpenStore, store_backend: StoreBackend
+) -> None:
+    """Matches go in as multi-row INSERTs of at most 500 rows on SQLite:
+    1,201 hits (three statements) are all stored, each with its own id."""
+    ks = keys(1201)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", ks)
+        result = await store.query("DEU", 1, queries(ks), include_own=False)
+        assert len(result.hits) == 1201
+        stored = store_backend.rows("SELECT match_id, handle FROM matches")
+        assert sorted((bytes(m).hex(), bytes(h)) for m, h in stored) == sorted(
+            (hit.match_id, ks[hit.query_index].handle) for hit in result.hits
+        )
+        assert len({hit.match_id for hit in result.hits}) == 1201
+
+    with_store(open_store, scenario)
+
+
 # -- standing matches -------------------------------------------------------------------------
 
 
