@@ -1,7 +1,7 @@
-"""The hub daemon: a mutual-TLS grpc.aio server with the Hub, AuditLog,
-Disclosure and standard health-checking services, over the store its
-configuration names (`SqliteTagStore`, or `PostgresTagStore` which several
-hub processes may share).
+"""The hub daemon: mutual-TLS grpc.aio servers (`listeners` of them sharing
+one port) with the Hub, AuditLog, Disclosure and standard health-checking
+services, over the store its configuration names (`SqliteTagStore`, or
+`PostgresTagStore` which several hub processes may share).
 
 `serve` runs until SIGTERM/SIGINT (or `stop` is set, or it is cancelled),
 then stops accepting calls, ends follow-mode notice streams, gives in-flight
