@@ -4,7 +4,8 @@
     listeners = 4                            # gRPC servers sharing that port (SO_REUSEPORT):
                                              # grpc.aio accepts one call at a time per
                                              # server, so under load several accept calls
-                                             # in parallel; 1 = one server, port not shared
+                                             # in parallel (Linux balances connections
+                                             # over them); 1 = one server, port not shared
     credentials = "/etc/blindmatch/hub"      # folder with tls.crt, tls.key, ca.crt, or
                                              # tls_cert, tls_key, ca_cert: the three files
     store = "sqlite"                         # or "postgres" (default: sqlite)
