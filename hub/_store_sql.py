@@ -88,6 +88,13 @@ T = TypeVar("T")
 TagRow = tuple[bytes, int, int, bytes, int, int, int | None]
 
 
+def insert_sql(table: str, columns: Sequence[str], rows: int) -> str:
+    """`INSERT INTO table (columns) VALUES (?, ...), ...` for `rows` rows
+    (`Db.insert`; table and columns are the caller's constants)."""
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * rows)  # noqa: S608
+
+
 class Rows(Protocol):
     """What `Db.execute` returns: a DB-API cursor over the statement's result."""
 

@@ -147,9 +147,9 @@ def _bind(
     with several servers the kernel spreads the connections over them and
     each accepts its own."""
     host, _, wanted = listen.rpartition(":")
-    if len(servers) > 1 and int(wanted) != 0:
-        _check_port_free(host, int(wanted), listen)
     port = int(wanted)
+    if len(servers) > 1 and port != 0:
+        _check_port_free(listen)
     for server in servers:
         try:
             bound = server.add_secure_port(f"{host}:{port}", credentials)
@@ -161,14 +161,15 @@ def _bind(
     return port
 
 
-def _check_port_free(host: str, port: int, listen: str) -> None:
+def _check_port_free(listen: str) -> None:
     """Refuse a port some socket already listens on.  Servers that share a
     port with SO_REUSEPORT would otherwise also share it with another process
     of the same user (a second hub started by mistake) and lose half the calls
     to it; a plain bind, which SO_REUSEPORT does not let through, finds out."""
+    host, _, port = listen.rpartition(":")
     try:
         addresses = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {listen}: {exc}") from None

@@ -96,6 +96,7 @@ from hub._store_sql import (
     _RawHit,
     _recover,
     _Written,
+    insert_sql,
 )
 from hub.audit import AuditTree
 from hub.columns import KeyColumns, QueryColumns, split
@@ -465,11 +466,10 @@ class _SqliteDb:
         return self._conn.executemany(sql, rows).rowcount
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constants
-        row = "(" + ", ".join("?" * len(columns)) + ")"
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
-            self._conn.execute(head + ", ".join([row] * len(chunk)), [v for r in chunk for v in r])
+            sql = insert_sql(table, columns, len(chunk))
+            self._conn.execute(sql, [v for r in chunk for v in r])
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         # Only the locator's candidates are deduplicated and sorted: a bulk

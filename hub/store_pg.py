@@ -70,6 +70,7 @@ from hub._store_sql import (
     _searched,
     _update,
     _Written,
+    insert_sql,
 )
 from hub.columns import KeyColumns, QueryColumns
 from hub.errors import StorageError
@@ -333,9 +334,7 @@ class _PgDb:
             return cursor.rowcount
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        marks = ", ".join("?" * len(columns))
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constants
-        self.executemany(sql, rows)
+        self.executemany(insert_sql(table, columns, 1), rows)
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         if not tags:
