@@ -12,6 +12,11 @@ Two libsodium behaviours are handled here rather than left to callers:
 * `crypto_scalarmult_ristretto255` silently clears the top bit of its scalar,
   so an unreduced scalar would be multiplied as a different number.  Every
   scalar passed to `scalar_mult` is checked to be canonical (< ORDER) first.
+* The `_allow_scalar_zero` multiplication returns 32 zero bytes for an
+  invalid point instead of failing; the plain one fails for an invalid point
+  and for an identity result.  `decode_and_scalar_mult` uses the plain one,
+  so a peer's element is decoded once, inside the multiplication, instead of
+  once by `is_valid_point` and again by the multiplication.
 
 Internal arithmetic may produce the identity (for example a composite sum of
 zero terms); only data that crosses a trust boundary goes through the
@@ -35,6 +40,7 @@ __all__ = [
     "IDENTITY",
     "ORDER",
     "SCALAR_LENGTH",
+    "decode_and_scalar_mult",
     "decode_element",
     "decode_scalar",
     "element_add",
@@ -73,6 +79,7 @@ _ZPAD_HASHER = hashlib.sha512(bytes(_SHA512_BLOCK))
 
 # Bound once: these are on the hot path of every OPRF evaluation.
 _scalarmult = rbcl.crypto_scalarmult_ristretto255_allow_scalar_zero
+_scalarmult_strict = rbcl.crypto_scalarmult_ristretto255
 _scalarmult_base = rbcl.crypto_scalarmult_ristretto255_base_allow_scalar_zero
 _is_valid_point = rbcl.crypto_core_ristretto255_is_valid_point
 _from_hash = rbcl.crypto_core_ristretto255_from_hash
@@ -189,6 +196,19 @@ def scalar_mult(scalar: bytes, element: bytes) -> bytes:
     """scalar * element.  The scalar must be canonical (see the module docstring)."""
     _check_scalar(scalar)
     return bytes(_scalarmult(scalar, element))
+
+
+def decode_and_scalar_mult(scalar: bytes, data: bytes, *, name: str = "element") -> bytes:
+    """scalar * decode_element(data): a peer's element checked exactly as
+    `decode_element` checks it (same errors), at the cost of the multiplication alone."""
+    _check_scalar(scalar)
+    if isinstance(data, bytes) and len(data) == ELEMENT_LENGTH and data != IDENTITY:
+        try:
+            return bytes(_scalarmult_strict(scalar, data))
+        except RuntimeError:
+            pass  # not canonical, or the scalar is zero: decode_element tells which
+    decode_element(data, name=name)
+    return bytes(_scalarmult(scalar, data))  # a valid element times the zero scalar
 
 
 def scalar_mult_base(scalar: bytes) -> bytes:

@@ -11,7 +11,9 @@ calls `_blind_with`; `generate_proof` draws the proof nonce and calls
 Trust boundary: every element that may come from a peer (blinded elements at
 the server, evaluated elements and proofs at the client, public keys) passes
 through `group.decode_element` / `group.decode_scalar`, which reject
-non-canonical encodings and the identity with `DeserializeError`.
+non-canonical encodings and the identity with `DeserializeError`.  Where a
+peer's element is first used in a multiplication, `group.decode_and_scalar_mult`
+does that check inside the multiplication's own decoding, with the same errors.
 """
 
 from __future__ import annotations
@@ -185,8 +187,10 @@ def _blind_batch_with(
 # -- server: evaluate (RFC 9497 §3.3.1, §3.3.2) ------------------------------
 
 
-def _decode_elements(elements: Sequence[bytes], name: str) -> list[bytes]:
-    return [group.decode_element(e, name=f"{name}[{i}]") for i, e in enumerate(elements)]
+def _decode_and_multiply(scalar: bytes, elements: Sequence[bytes], name: str) -> list[bytes]:
+    """scalar * e for each of a peer's elements, each decoded (and rejected by name)."""
+    multiply = group.decode_and_scalar_mult
+    return [multiply(scalar, e, name=f"{name}[{i}]") for i, e in enumerate(elements)]
 
 
 def blind_evaluate(sk: bytes, blinded_element: bytes) -> bytes:
@@ -197,8 +201,7 @@ def blind_evaluate(sk: bytes, blinded_element: bytes) -> bytes:
 def blind_evaluate_batch(sk: bytes, blinded_elements: Sequence[bytes]) -> list[bytes]:
     """BlindEvaluate for a batch (OPRF mode, no proof)."""
     _decode_private_key(sk)
-    blinded = _decode_elements(blinded_elements, "blinded_element")
-    return [group.scalar_mult(sk, b) for b in blinded]
+    return _decode_and_multiply(sk, blinded_elements, "blinded_element")
 
 
 def verifiable_blind_evaluate_batch(
@@ -238,10 +241,22 @@ def _composite_weights(
     ]
 
 
-def _weighted_sum(weights: Sequence[bytes], elements: Sequence[bytes]) -> bytes:
-    total = group.IDENTITY
-    for w, e in zip(weights, elements, strict=True):
-        total = group.element_add(total, group.scalar_mult(w, e))
+def _weighted_sum(
+    weights: Sequence[bytes], elements: Sequence[bytes], decode_as: str | None = None
+) -> bytes:
+    """sum w_i * e_i; with `decode_as`, each e_i is a peer's element, decoded
+    (and rejected as decode_as[i]) inside its multiplication."""
+    if decode_as is None:
+        terms = [group.scalar_mult(w, e) for w, e in zip(weights, elements, strict=True)]
+    else:
+        multiply = group.decode_and_scalar_mult
+        terms = [
+            multiply(w, e, name=f"{decode_as}[{i}]")
+            for i, (w, e) in enumerate(zip(weights, elements, strict=True))
+        ]
+    total = terms[0] if terms else group.IDENTITY
+    for term in terms[1:]:
+        total = group.element_add(total, term)
     return total
 
 
@@ -249,12 +264,33 @@ def compute_composites(
     b: bytes, cs: Sequence[bytes], ds: Sequence[bytes], mode: Mode
 ) -> tuple[bytes, bytes]:
     """RFC 9497 §2.2.1 ComputeComposites (the verifier's form): (M, Z)."""
+    return _compute_composites(b, cs, ds, mode, None, None)
+
+
+def _compute_composites(
+    b: bytes,
+    cs: Sequence[bytes],
+    ds: Sequence[bytes],
+    mode: Mode,
+    decode_cs_as: str | None,
+    decode_ds_as: str | None,
+) -> tuple[bytes, bytes]:
     if len(cs) != len(ds):
         raise InvalidInputError(f"{len(cs)} inputs but {len(ds)} evaluations")
     if len(cs) > 0xFFFF:
         raise InvalidInputError("a batch proof covers at most 65535 elements")
+    for name, elements in ((decode_cs_as, cs), (decode_ds_as, ds)):
+        if name is not None:  # shape and identity here (cheap); encodings in the sums
+            _check_shapes(elements, name)
     weights = _composite_weights(b, cs, ds, mode)
-    return _weighted_sum(weights, cs), _weighted_sum(weights, ds)
+    return _weighted_sum(weights, cs, decode_cs_as), _weighted_sum(weights, ds, decode_ds_as)
+
+
+def _check_shapes(elements: Sequence[bytes], name: str) -> None:
+    """decode_element's checks but the canonical-encoding one, for every element."""
+    for i, e in enumerate(elements):
+        if not isinstance(e, bytes) or len(e) != group.ELEMENT_LENGTH or e == group.IDENTITY:
+            group.decode_element(e, name=f"{name}[{i}]")
 
 
 def compute_composites_fast(
@@ -307,25 +343,26 @@ def verify_proof(
     data raises DeserializeError rather than reaching libsodium.
     """
     group.decode_element(b, name="public key")
-    _verify_proof(
-        a,
-        b,
-        _decode_elements(cs, "blinded_element"),
-        _decode_elements(ds, "evaluated_element"),
-        proof,
-        mode,
-    )
+    _verify_proof(a, b, cs, ds, proof, mode, "blinded_element", "evaluated_element")
 
 
 def _verify_proof(
-    a: bytes, b: bytes, cs: Sequence[bytes], ds: Sequence[bytes], proof: bytes, mode: Mode
+    a: bytes,
+    b: bytes,
+    cs: Sequence[bytes],
+    ds: Sequence[bytes],
+    proof: bytes,
+    mode: Mode,
+    decode_cs_as: str | None = None,
+    decode_ds_as: str | None = None,
 ) -> None:
-    """VerifyProof on elements the caller has already decoded (or produced itself)."""
+    """VerifyProof.  Elements named in `decode_cs_as` / `decode_ds_as` are a peer's
+    and are decoded on the way; the others were decoded (or produced) by the caller."""
     if len(proof) != PROOF_LENGTH:
         raise DeserializeError(f"proof must be {PROOF_LENGTH} bytes, got {len(proof)}")
     c = group.decode_scalar(proof[:32], name="proof challenge")
     s = group.decode_scalar(proof[32:], name="proof response")
-    m, z = compute_composites(b, cs, ds, mode)
+    m, z = _compute_composites(b, cs, ds, mode, decode_cs_as, decode_ds_as)
     sa = group.scalar_mult_base(s) if a == group.GENERATOR else group.scalar_mult(s, a)
     t2 = group.element_add(sa, group.scalar_mult(c, b))
     t3 = group.element_add(group.scalar_mult(s, m), group.scalar_mult(c, z))
@@ -347,9 +384,16 @@ def verify_evaluation_proof(
         got, want = len(evaluated_elements), len(blinded_elements)
         raise VerifyError(f"server answered {got} elements for {want} blinded")
     group.decode_element(pk, name="public key")
-    evaluated = _decode_elements(evaluated_elements, "evaluated_element")
-    _verify_proof(group.GENERATOR, pk, blinded_elements, evaluated, proof, mode)
-    return evaluated
+    _verify_proof(
+        group.GENERATOR,
+        pk,
+        blinded_elements,
+        evaluated_elements,
+        proof,
+        mode,
+        decode_ds_as="evaluated_element",
+    )
+    return list(evaluated_elements)
 
 
 # -- client: finalize (RFC 9497 §3.3.1, §3.3.2) ------------------------------
@@ -383,8 +427,7 @@ def finalize_batch(
         raise InvalidInputError("use poprf_finalize_batch in POPRF mode")
     if not len(inputs) == len(blinds) == len(evaluated_elements):
         raise InvalidInputError("inputs, blinds and evaluated elements differ in length")
-    evaluated = _decode_elements(evaluated_elements, "evaluated_element")
-    return _unblind_and_hash(inputs, blinds, evaluated, None)
+    return _unblind_and_hash(inputs, blinds, evaluated_elements, None, "evaluated_element")
 
 
 def _unblind_and_hash(
@@ -392,12 +435,20 @@ def _unblind_and_hash(
     blinds: Sequence[bytes],
     evaluated: Sequence[bytes],
     info: bytes | None,
+    decode_as: str | None = None,
 ) -> list[bytes]:
+    """Finalize's hash of each input with blind^-1 * evaluated; with `decode_as`,
+    the evaluated elements are a peer's, decoded inside the unblinding."""
     inverses = group.scalar_invert_batch(blinds)
-    return [
-        _finalize_hash(x, group.scalar_mult(inv, e), info)
-        for x, inv, e in zip(inputs, inverses, evaluated, strict=True)
-    ]
+    if decode_as is None:
+        unblinded = [group.scalar_mult(inv, e) for inv, e in zip(inverses, evaluated, strict=True)]
+    else:
+        multiply = group.decode_and_scalar_mult
+        unblinded = [
+            multiply(inv, e, name=f"{decode_as}[{i}]")
+            for i, (inv, e) in enumerate(zip(inverses, evaluated, strict=True))
+        ]
+    return [_finalize_hash(x, u, info) for x, u in zip(inputs, unblinded, strict=True)]
 
 
 def verifiable_finalize_batch(
@@ -470,8 +521,8 @@ def _poprf_blind_evaluate_batch_with(
 ) -> tuple[list[bytes], bytes]:
     t = _poprf_tweaked_private_key(sk, info)
     t_inv = group.scalar_invert(t)
-    blinded = _decode_elements(blinded_elements, "blinded_element")
-    evaluated = [group.scalar_mult(t_inv, b) for b in blinded]
+    evaluated = _decode_and_multiply(t_inv, blinded_elements, "blinded_element")
+    blinded = list(blinded_elements)
     tweaked_key = group.scalar_mult_base(t)
     # The POPRF proof shows log_G(tweaked_key) == log_{evaluated}(blinded).
     proof = _generate_proof_with(t, group.GENERATOR, tweaked_key, evaluated, blinded, r, Mode.POPRF)
@@ -490,9 +541,16 @@ def poprf_finalize_batch(
     """POPRF Finalize for a batch: verify the proof against the tweaked key, then finalize."""
     if not len(inputs) == len(blinds) == len(blinded_elements) == len(evaluated_elements):
         raise InvalidInputError("inputs, blinds, blinded and evaluated elements differ in length")
-    evaluated = _decode_elements(evaluated_elements, "evaluated_element")
-    _verify_proof(group.GENERATOR, tweaked_key, evaluated, blinded_elements, proof, Mode.POPRF)
-    return _unblind_and_hash(inputs, blinds, evaluated, info)
+    _verify_proof(
+        group.GENERATOR,
+        tweaked_key,
+        evaluated_elements,
+        blinded_elements,
+        proof,
+        Mode.POPRF,
+        decode_cs_as="evaluated_element",
+    )
+    return _unblind_and_hash(inputs, blinds, evaluated_elements, info)
 
 
 def poprf_evaluate(sk: bytes, data: bytes, info: bytes) -> bytes:

@@ -144,3 +144,41 @@ def test_hash_to_scalar_is_sha512_xmd_reduced() -> None:
     uniform = group.expand_message_xmd(b"m", dst, 64)
     expected = int.from_bytes(uniform, "little") % group.ORDER
     assert group.scalar_to_int(group.hash_to_scalar(b"m", dst)) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [bytes.fromhex(h) for h in BAD_ENCODINGS] + [group.IDENTITY, b"", b"\x01" * 31, b"\x01" * 33],
+)
+def test_decode_and_scalar_mult_rejects_what_decode_element_rejects(data: bytes) -> None:
+    with pytest.raises(DeserializeError) as expected:
+        group.decode_element(data, name="evaluated_element[7]")
+    with pytest.raises(DeserializeError) as got:
+        group.decode_and_scalar_mult(group.random_scalar(), data, name="evaluated_element[7]")
+    assert str(got.value) == str(expected.value)
+
+
+@given(
+    scalar=st.integers(min_value=0, max_value=group.ORDER - 1),
+    data=st.one_of(
+        st.binary(min_size=32, max_size=32),
+        st.integers(min_value=1, max_value=group.ORDER - 1).map(
+            lambda n: group.scalar_mult_base(group.scalar_from_int(n))
+        ),
+    ),
+)
+def test_decode_and_scalar_mult_equals_decode_then_multiply(scalar: int, data: bytes) -> None:
+    s = group.scalar_from_int(scalar)
+    try:
+        expected = group.scalar_mult(s, group.decode_element(data))
+    except DeserializeError as exc:
+        with pytest.raises(DeserializeError, match=str(exc)):
+            group.decode_and_scalar_mult(s, data)
+    else:
+        assert group.decode_and_scalar_mult(s, data) == expected
+
+
+def test_decode_and_scalar_mult_by_zero_is_the_identity_not_an_error() -> None:
+    # libsodium's strict multiplication fails for an identity result; a valid
+    # element times zero must still come out as the identity.
+    assert group.decode_and_scalar_mult(bytes(32), group.GENERATOR) == group.IDENTITY

@@ -154,3 +154,55 @@ def test_bad_keys_and_inputs_are_local_errors() -> None:
         oprf.evaluate(oprf.generate_key_pair()[0], b"x" * 65536, Mode.OPRF)
     with pytest.raises(InvalidInputError, match="differ in length"):
         oprf.finalize_batch([b"a"], [], [], Mode.OPRF)
+
+
+BAD_ELEMENTS = {
+    "identity": (group.IDENTITY, "is the identity element"),
+    "non-canonical": (b"\xff" * 32, "is not a canonical"),
+    "negative": (b"\x01" + bytes(31), "is not a canonical"),
+    "short": (b"\x00" * 31, "must be 32 bytes"),
+}
+
+
+def _with_bad(elements: list[bytes], bad: bytes) -> list[bytes]:
+    return [*elements[:2], bad, *elements[3:]]
+
+
+@pytest.mark.parametrize("kind", list(BAD_ELEMENTS))
+def test_every_step_names_a_peers_malformed_element_in_a_batch(kind: str) -> None:
+    """Each entry point that takes a peer's elements rejects element 2 of 4 by
+    name and reason (the check is folded into the multiplications)."""
+    bad, reason = BAD_ELEMENTS[kind]
+    xs = [b"a", b"b", b"c", b"d"]
+    sk, pk = oprf.generate_key_pair()
+    blinds, blinded = oprf.blind_batch(xs, Mode.VOPRF)
+    evaluated, proof = oprf.verifiable_blind_evaluate_batch(sk, pk, blinded)
+    p_blinds, p_blinded, tweaked = oprf.poprf_blind_batch(xs, b"info", pk)
+    p_evaluated, p_proof = oprf.poprf_blind_evaluate_batch(sk, p_blinded, b"info")
+    calls = {
+        "blinded_element": [
+            lambda: oprf.blind_evaluate_batch(sk, _with_bad(blinded, bad)),
+            lambda: oprf.verifiable_blind_evaluate_batch(sk, pk, _with_bad(blinded, bad)),
+            lambda: oprf.poprf_blind_evaluate_batch(sk, _with_bad(p_blinded, bad), b"info"),
+            lambda: oprf.verify_proof(
+                group.GENERATOR, pk, _with_bad(blinded, bad), evaluated, proof, Mode.VOPRF
+            ),
+        ],
+        "evaluated_element": [
+            lambda: oprf.finalize_batch(xs, blinds, _with_bad(evaluated, bad), Mode.OPRF),
+            lambda: oprf.verifiable_finalize_batch(
+                pk, xs, blinds, blinded, _with_bad(evaluated, bad), proof
+            ),
+            lambda: oprf.verify_evaluation_proof(pk, blinded, _with_bad(evaluated, bad), proof),
+            lambda: oprf.verify_proof(
+                group.GENERATOR, pk, blinded, _with_bad(evaluated, bad), proof, Mode.VOPRF
+            ),
+            lambda: oprf.poprf_finalize_batch(
+                xs, p_blinds, p_blinded, _with_bad(p_evaluated, bad), p_proof, b"info", tweaked
+            ),
+        ],
+    }
+    for name, steps in calls.items():
+        for step in steps:
+            with pytest.raises(DeserializeError, match=rf"^{name}\[2\] {reason}"):
+                step()
