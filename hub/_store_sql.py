@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from hub.audit import AuditTree, check_entries_range
-from hub.columns import KeyColumns, QueryColumns, concat, key_columns, query_columns, split
+from hub.columns import KeyColumns, QueryColumns, concat, key_columns, query_columns
 from hub.disclosure import (
     Case,
     Direction,
@@ -56,6 +56,7 @@ from hub.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from hub.match_ids import KEY_LENGTH, MatchIds
 from hub.policy import (
     KEY_TYPE_CODES,
     DatasetInfo,
@@ -172,6 +173,12 @@ class Db(Protocol):
         SQLite: a plain read (writes are serialized); PostgreSQL: FOR SHARE."""
         ...
 
+    @property
+    def match_ids(self) -> MatchIds:
+        """The store's permutation between match sequence numbers and ids
+        (`hub.match_ids`), loaded when the store opened."""
+        ...
+
 
 # Keys per write transaction while staging: small enough that other
 # bureaus' writes interleave (about 0.1 s each), large enough to amortize
@@ -212,11 +219,52 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-MATCH_ID_LENGTH = 16
+_MATCH_ID_KEY = "match_ids"
 
 
-def _new_match_id() -> bytes:
-    return secrets.token_bytes(MATCH_ID_LENGTH)
+def load_match_ids(db: Db) -> MatchIds:
+    """The store's match-id key (made, once, by the first hub to open the
+    database), as the permutation it keys."""
+    db.execute(
+        "INSERT INTO hub_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        (_MATCH_ID_KEY, secrets.token_bytes(KEY_LENGTH)),
+    )
+    (key,) = db.execute("SELECT value FROM hub_secrets WHERE name = ?", (_MATCH_ID_KEY,)).fetchone()
+    return MatchIds(bytes(key))
+
+
+def _new_match_ids(db: Db, count: int) -> list[tuple[int, bytes]]:
+    """(sequence number, id) for the next `count` matches.  Only serialized
+    writes make matches (they also append audit leaves), so the numbers
+    after the largest stored one are free."""
+    (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM matches").fetchone()
+    seqs = range(int(last) + 1, int(last) + 1 + count)
+    return list(zip(seqs, db.match_ids.ids(seqs), strict=True))
+
+
+_MATCH_COLUMNS = (
+    "kind, requester, requester_dataset_id, requester_handle, owner, dataset_id, handle, "
+    "key_type, tag"
+)
+
+
+def _match_row(db: Db, match_id: bytes) -> Any:
+    """The stored match `match_id` names (`_MATCH_COLUMNS`), or None: found by
+    the sequence number it encrypts, or, for an id made before ids were
+    encrypted, through `legacy_match_ids`."""
+    seq = db.match_ids.seq_of(match_id)
+    if seq is not None:
+        row = db.execute(
+            f"SELECT {_MATCH_COLUMNS} FROM matches WHERE seq = ? AND match_id = ?",  # noqa: S608
+            (seq, match_id),
+        ).fetchone()
+        if row is not None:
+            return row
+    return db.execute(
+        f"SELECT {_MATCH_COLUMNS} FROM legacy_match_ids l JOIN matches USING (seq) "  # noqa: S608
+        "WHERE l.match_id = ?",
+        (match_id,),
+    ).fetchone()
 
 
 @dataclass(frozen=True)
@@ -763,7 +811,7 @@ def _settle_candidates(db: Db, dataset_id: int, written: _Written) -> None:
         ):
             continue
         side_a, side_b = sorted([(dataset_id, handle), (other_id, other_handle)])
-        match_id = _new_match_id()
+        ((seq, match_id),) = _new_match_ids(db, 1)
         if not db.execute(
             "INSERT INTO links (a_dataset_id, a_handle, b_dataset_id, b_handle, match_id) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -772,10 +820,10 @@ def _settle_candidates(db: Db, dataset_id: int, written: _Written) -> None:
             continue  # this pair of records was notified before
         now = _now_ms()
         db.execute(
-            "INSERT INTO matches (match_id, kind, requester, requester_dataset_id, "
+            "INSERT INTO matches (seq, match_id, kind, requester, requester_dataset_id, "
             "requester_handle, owner, dataset_id, handle, key_type, created_ms, tag) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (match_id, _STANDING_MATCH, me.owner, dataset_id, handle, other.owner, other_id,
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, match_id, _STANDING_MATCH, me.owner, dataset_id, handle, other.owner, other_id,
              other_handle, code, now, tag),
         )  # fmt: skip
         _audit(
@@ -1002,22 +1050,16 @@ def _record_queries(
     per query: one statement for all the matches and one for all the leaves
     (a group commit's queries cost two round trips on PostgreSQL, not two each)."""
     now = _now_ms()
-    # One read of the system's random source for every id of the group.
-    ids = iter(
-        split(
-            secrets.token_bytes(MATCH_ID_LENGTH * sum(len(r.raw) for r in records)),
-            MATCH_ID_LENGTH,
-        )
-    )
+    ids = iter(_new_match_ids(db, sum(len(r.raw) for r in records)))
     rows = []
     answers = []
     entries = []
     for record in records:
         hits = []
-        for r, match_id in zip(record.raw, ids, strict=False):
+        for r, (seq, match_id) in zip(record.raw, ids, strict=False):
             d = r.dataset
             rows.append(
-                (match_id, _QUERY_MATCH, record.requester, d.owner, d.id, r.handle, r.key_type,
+                (seq, match_id, _QUERY_MATCH, record.requester, d.owner, d.id, r.handle, r.key_type,
                  now, r.tag)
             )  # fmt: skip
             hits.append(
@@ -1042,7 +1084,7 @@ def _record_queries(
         )
     db.insert(
         "matches",
-        ("match_id", "kind", "requester", "owner", "dataset_id", "handle", "key_type",
+        ("seq", "match_id", "kind", "requester", "owner", "dataset_id", "handle", "key_type",
          "created_ms", "tag"),
         rows,
     )  # fmt: skip
@@ -1215,11 +1257,7 @@ def _request_disclosure(
     request: DisclosureRequest,
     signature: bytes,
 ) -> Ticket:
-    row = db.execute(
-        "SELECT kind, requester, requester_dataset_id, requester_handle, owner, dataset_id, "
-        "handle, key_type, tag FROM matches WHERE match_id = ?",
-        (request.match_id,),
-    ).fetchone()
+    row = _match_row(db, request.match_id)
     side = _owner_side(row, requester)
     mid = request.match_id.hex()
     if side is None:  # the same answer whether or not the match exists

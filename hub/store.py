@@ -97,12 +97,14 @@ from hub._store_sql import (
     _recover,
     _Written,
     insert_sql,
+    load_match_ids,
 )
 from hub.audit import AuditTree
 from hub.columns import KeyColumns, QueryColumns, split
 from hub.disclosure import Case, Direction, DisclosurePage, Receipt, Ticket
 from hub.errors import StorageError
 from hub.locator import Prefixes, TagLocator, packed_prefixes, prefixes_of
+from hub.match_ids import MatchIds
 from hub.policy import (
     HANDLE_LENGTH,
     TAG_LENGTH,
@@ -285,9 +287,31 @@ class HubStore(TagStore, AuditStore, DisclosureStore, Protocol):
 
 # 1: tags, datasets, matches, notices.  2: audit log, disclosures, matches.tag.
 # 3: tags keyed by (dataset, gen, tag) instead of (tag, dataset, gen).
-_SCHEMA_VERSION = 3
+# 4: matches keyed by sequence number, ids encrypted from it (`hub.match_ids`).
+_SCHEMA_VERSION = 4
 
-_SCHEMA = """
+# Keyed by sequence number (rows are appended); match_id is the encryption of
+# seq (`hub.match_ids`), except for ids made before schema 4, which
+# legacy_match_ids maps to their rows.
+_MATCHES_TABLE = """
+CREATE TABLE IF NOT EXISTS matches (
+    seq INTEGER PRIMARY KEY,
+    match_id BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    requester TEXT NOT NULL,
+    requester_dataset_id INTEGER,
+    requester_handle BLOB,
+    owner TEXT NOT NULL,
+    dataset_id INTEGER NOT NULL,
+    handle BLOB NOT NULL,
+    key_type INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    tag BLOB
+);
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -369,18 +393,17 @@ CREATE TABLE IF NOT EXISTS links (
 -- Every match the hub has announced.  kind 0: a query hit (requester_* unset);
 -- kind 1: a standing match between two owners' records.  `tag` (NULL for
 -- matches made before schema 2) tells later whether the record still matches.
-CREATE TABLE IF NOT EXISTS matches (
+"""
+    + _MATCHES_TABLE
+    + """
+CREATE TABLE IF NOT EXISTS legacy_match_ids (
     match_id BLOB PRIMARY KEY,
-    kind INTEGER NOT NULL,
-    requester TEXT NOT NULL,
-    requester_dataset_id INTEGER,
-    requester_handle BLOB,
-    owner TEXT NOT NULL,
-    dataset_id INTEGER NOT NULL,
-    handle BLOB NOT NULL,
-    key_type INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    tag BLOB
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS hub_secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS bureaus (
@@ -443,6 +466,7 @@ CREATE TABLE IF NOT EXISTS disclosure_sequences (
     last_sequence INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 
 # (dataset, gen, tag) probes per lookup statement: 3 variables each, well
@@ -455,9 +479,18 @@ _ROWS_PER_INSERT = 500
 class _SqliteDb:
     """`Db` on a sqlite3 connection, with the store's `TagLocator`."""
 
-    def __init__(self, conn: sqlite3.Connection, locator: TagLocator) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, locator: TagLocator, match_ids: MatchIds | None
+    ) -> None:
         self._conn = conn
         self._locator = locator
+        self._match_ids = match_ids
+
+    @property
+    def match_ids(self) -> MatchIds:
+        if self._match_ids is None:
+            raise StorageError("the hub's match-id key is not loaded yet")
+        return self._match_ids
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
         return self._conn.execute(sql, tuple(args))
@@ -541,7 +574,7 @@ def _scan_prefixes(conn: sqlite3.Connection) -> Iterator[tuple[int, int, Prefixe
 def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
     """Create or upgrade the schema; (version before, version after)."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version not in (0, 1, 2, _SCHEMA_VERSION):
+    if version not in (0, 1, 2, 3, _SCHEMA_VERSION):
         raise StorageError(f"{path} has schema version {version}; this hub knows {_SCHEMA_VERSION}")
     if version in (1, 2):
         _rekey_tags(conn)
@@ -549,8 +582,35 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
     # Schema 1 -> 2: new tables (above) and the tag of each match.
     if "tag" not in {row[1] for row in conn.execute("PRAGMA table_info(matches)")}:
         conn.execute("ALTER TABLE matches ADD COLUMN tag BLOB")
+    if "seq" not in {row[1] for row in conn.execute("PRAGMA table_info(matches)")}:
+        _resequence_matches(conn)
     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
     return version, _SCHEMA_VERSION
+
+
+def _resequence_matches(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: number the stored matches in the order they were made,
+    keep their (random) ids reachable through `legacy_match_ids`; one transaction."""
+    columns = (
+        "match_id, kind, requester, requester_dataset_id, requester_handle, owner, "
+        "dataset_id, handle, key_type, created_ms, tag"
+    )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE matches RENAME TO matches_v3")
+        conn.execute(_MATCHES_TABLE)
+        conn.execute(
+            f"INSERT INTO matches ({columns}) SELECT {columns} FROM matches_v3 "  # noqa: S608
+            "ORDER BY created_ms, match_id"
+        )
+        conn.execute(
+            "INSERT INTO legacy_match_ids (match_id, seq) SELECT match_id, seq FROM matches"
+        )
+        conn.execute("DROP TABLE matches_v3")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _rekey_tags(conn: sqlite3.Connection) -> None:
@@ -597,6 +657,7 @@ class SqliteTagStore(SqlStore):
         self._writer: sqlite3.Connection | None = None
         self._loop_reader: sqlite3.Connection | None = None
         self._locator = TagLocator()
+        self._match_ids: MatchIds | None = None
         self._swept_since_rebuild = 0
         self._compactor: asyncio.Task[None] | None = None
 
@@ -656,7 +717,8 @@ class SqliteTagStore(SqlStore):
             self._notices.latest[code] = sequence
         for code, sequence in conn.execute("SELECT code, last_sequence FROM disclosure_sequences"):
             self._cases.latest[code] = sequence
-        self._next_expiry_ms = _next_expiry(_SqliteDb(conn, self._locator))
+        self._match_ids = load_match_ids(self._db(conn))
+        self._next_expiry_ms = _next_expiry(self._db(conn))
         self._audit = AuditTree(self._stored_leaf_hashes(conn))
         started = time.monotonic()
         self._locator.install(_scan_prefixes(conn))
@@ -730,6 +792,9 @@ class SqliteTagStore(SqlStore):
                 )
             yield leaf_hash(entry)
 
+    def _db(self, conn: sqlite3.Connection) -> _SqliteDb:
+        return _SqliteDb(conn, self._locator, self._match_ids)
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -763,7 +828,7 @@ class SqliteTagStore(SqlStore):
             written = _Written(audit_base=self._audit.size)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(_SqliteDb(conn, self._locator), written)
+                result = fn(self._db(conn), written)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -787,7 +852,7 @@ class SqliteTagStore(SqlStore):
             conn = self._reader()
             conn.execute("BEGIN")
             try:
-                return fn(_SqliteDb(conn, self._locator))
+                return fn(self._db(conn))
             finally:
                 conn.execute("COMMIT")
 
@@ -824,7 +889,7 @@ class SqliteTagStore(SqlStore):
         try:
             conn.execute("BEGIN")
             try:
-                return fn(_SqliteDb(conn, self._locator))
+                return fn(self._db(conn))
             finally:
                 conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:

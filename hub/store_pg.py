@@ -71,9 +71,11 @@ from hub._store_sql import (
     _update,
     _Written,
     insert_sql,
+    load_match_ids,
 )
 from hub.columns import KeyColumns, QueryColumns
 from hub.errors import StorageError
+from hub.match_ids import MatchIds
 from hub.policy import HANDLE_LENGTH, TAG_LENGTH, EnrollSpec, TaggedKey, UpdateResult
 
 __all__ = ["SCHEMA_VERSION", "PostgresTagStore", "describe_dsn"]
@@ -237,8 +239,31 @@ CREATE TABLE disclosure_sequences (
 );
 """
 
+# 2: matches numbered (`seq`), ids encrypted from the number (`hub.match_ids`);
+# ids made before keep their rows through legacy_match_ids.  The primary key
+# on match_id stays (a heap appends anyway; the index is the random part).
+_SCHEMA_2 = """
+ALTER TABLE matches ADD COLUMN seq bigint;
+UPDATE matches SET seq = n.seq FROM (
+    SELECT match_id, row_number() OVER (ORDER BY created_ms, match_id) AS seq FROM matches
+) n WHERE matches.match_id = n.match_id;
+ALTER TABLE matches ALTER COLUMN seq SET NOT NULL;
+CREATE UNIQUE INDEX matches_by_seq ON matches (seq);
+
+CREATE TABLE legacy_match_ids (
+    match_id bytea PRIMARY KEY,
+    seq bigint NOT NULL
+);
+INSERT INTO legacy_match_ids (match_id, seq) SELECT match_id, seq FROM matches;
+
+CREATE TABLE hub_secrets (
+    name text PRIMARY KEY,
+    value bytea NOT NULL
+);
+"""
+
 # Forward migrations: (the version a script brings the schema to, the script).
-_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_1),)
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_1), (2, _SCHEMA_2))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
@@ -319,8 +344,15 @@ def _in_key_order(rows: list[TagRow]) -> list[TagRow]:
 class _PgDb:
     """`Db` on a psycopg connection inside a transaction."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, match_ids: MatchIds | None) -> None:
         self._conn = conn
+        self._match_ids = match_ids
+
+    @property
+    def match_ids(self) -> MatchIds:
+        if self._match_ids is None:
+            raise StorageError("the hub's match-id key is not loaded yet")
+        return self._match_ids
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> psycopg.Cursor[TupleRow]:
         return self._conn.execute(_pg(sql), tuple(args))
@@ -469,6 +501,10 @@ class PostgresTagStore(SqlStore):
         self._listener: psycopg.AsyncConnection[TupleRow] | None = None
         self._listening: asyncio.Task[None] | None = None
         self._pool_open = False
+        self._match_ids: MatchIds | None = None
+
+    def _db(self, conn: Connection) -> _PgDb:
+        return _PgDb(conn, self._match_ids)
 
     @classmethod
     async def open(cls, dsn: str, *, readers: int = 4, auto_sweep: bool = True) -> PostgresTagStore:
@@ -483,6 +519,7 @@ class PostgresTagStore(SqlStore):
             except psycopg.OperationalError as exc:
                 raise StorageError(f"cannot connect to {store._where}: {exc}") from exc
             store._pool_open = True
+            store._match_ids = await store._run(store._writer_pool, store._load_match_ids)
             store._listener = await store._listen()
             await store._resync()
             await store._sync_audit()
@@ -507,6 +544,10 @@ class PostgresTagStore(SqlStore):
         except psycopg.Error as exc:
             raise StorageError(f"cannot migrate the hub schema in {where}: {exc}") from exc
 
+    def _load_match_ids(self) -> MatchIds:
+        with self._pool.connection() as conn, conn.transaction():
+            return load_match_ids(self._db(conn))
+
     # -- transactions ---------------------------------------------------------
 
     async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
@@ -527,7 +568,7 @@ class PostgresTagStore(SqlStore):
 
         def transaction() -> T:
             with self._pool.connection() as conn:
-                db: Db = _PgDb(conn)
+                db: Db = self._db(conn)
                 with conn.transaction():
                     if serialized:
                         conn.execute(
@@ -557,7 +598,7 @@ class PostgresTagStore(SqlStore):
         def snapshot() -> T:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                return fn(_PgDb(conn))
+                return fn(self._db(conn))
 
         return await self._run(self._reader_pool, snapshot)
 
@@ -672,7 +713,7 @@ class PostgresTagStore(SqlStore):
 
         def sync() -> None:
             with self._pool.connection() as conn, self._tree_lock:
-                self._catch_up(_PgDb(conn))
+                self._catch_up(self._db(conn))
 
         await self._run(self._reader_pool, sync)
 

@@ -64,6 +64,48 @@ class StoreBackend:
         ((value,),) = self.rows(sql, args)
         return value
 
+    def forget_match_numbering(self, new_ids: dict[bytes, bytes]) -> None:
+        """Turn the database back into what stores made before match ids were
+        encrypted sequence numbers (SQLite schema 3: matches keyed by id;
+        PostgreSQL schema 1), every match kept, each id replaced as
+        `new_ids` says (random ones, as those stores made)."""
+        if self.kind == "sqlite":
+            script = [
+                "CREATE TABLE m3 (match_id BLOB PRIMARY KEY, kind INTEGER NOT NULL, "
+                "requester TEXT NOT NULL, requester_dataset_id INTEGER, requester_handle BLOB, "
+                "owner TEXT NOT NULL, dataset_id INTEGER NOT NULL, handle BLOB NOT NULL, "
+                "key_type INTEGER NOT NULL, created_ms INTEGER NOT NULL, tag BLOB) WITHOUT ROWID",
+                "INSERT INTO m3 SELECT match_id, kind, requester, requester_dataset_id, "
+                "requester_handle, owner, dataset_id, handle, key_type, created_ms, tag "
+                "FROM matches",
+                "DROP TABLE matches",
+                "ALTER TABLE m3 RENAME TO matches",
+                "DROP TABLE legacy_match_ids",
+                "DROP TABLE hub_secrets",
+                "PRAGMA user_version = 3",
+            ]
+        else:
+            script = [
+                "DROP TABLE legacy_match_ids",
+                "DROP TABLE hub_secrets",
+                "ALTER TABLE matches DROP COLUMN seq",
+                "UPDATE meta SET value = 1 WHERE key = 'schema_version'",
+            ]
+        statements: list[tuple[str, tuple[bytes, ...]]] = [(sql, ()) for sql in script]
+        for old, new in new_ids.items():
+            for table in ("matches", "notices", "links", "disclosures"):
+                sql = f"UPDATE {table} SET match_id = ? WHERE match_id = ?"  # noqa: S608
+                statements.append((sql, (new, old)))
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.where, isolation_level=None) as conn:
+                for sql, args in statements:
+                    conn.execute(sql, args)
+            conn.close()
+            return
+        with psycopg.connect(self.where, autocommit=True) as pg:
+            for sql, args in statements:
+                pg.execute(sql.replace("?", "%s"), args)
+
     @property
     def argv(self) -> list[str]:
         """Arguments for a child process's `open_store` (see `CHILD_OPEN`)."""

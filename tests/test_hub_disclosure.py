@@ -426,9 +426,49 @@ def test_sqlite_schema_1_database_is_upgraded(tmp_path: Path) -> None:
 
     with_store(open_store, after)
     with sqlite3.connect(tmp_path / "hub.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert "tag" in {row[1] for row in conn.execute("PRAGMA table_info(matches)")}
     conn.close()
+
+
+def test_match_ids_made_before_they_were_numbered_still_name_their_matches(
+    open_store: StoreBackend,
+) -> None:
+    """A database from before match ids were encrypted sequence numbers
+    (SQLite schema 3, PostgreSQL schema 1) is upgraded on open: the random
+    ids it handed out still name their matches, and new matches are
+    numbered after the old ones."""
+    ks = store_keys(3)
+
+    async def before() -> list[bytes]:
+        store = await open_store()
+        try:
+            await store_enroll(store, "FRA", "w", ks)
+            result = await store.query("DEU", 1, queries(ks), include_own=False)
+            return [bytes.fromhex(h.match_id) for h in result.hits]
+        finally:
+            await store.close()
+
+    made = run(before())
+    legacy = {old: os.urandom(16) for old in made}
+    open_store.forget_match_numbering(legacy)
+
+    async def after(store: HubStore) -> None:
+        for match_id in legacy.values():
+            ticket = await store.request_disclosure("DEU", make_request("DEU", match_id), b"sig")
+            assert ticket.record_removed is False
+        # The replaced ids name nothing (and a new key was made).
+        with pytest.raises(PermissionDeniedError, match="was not reported to DEU"):
+            await store.request_disclosure("DEU", make_request("DEU", made[0]), b"sig")
+        fresh = await a_match(store)
+        assert fresh not in legacy.values()
+        await store.request_disclosure("DEU", make_request("DEU", fresh), b"sig")
+
+    with_store(open_store, after)
+    assert open_store.scalar("SELECT max(seq) FROM matches") == 4
+    assert sorted(
+        bytes(m) for (m,) in open_store.rows("SELECT match_id FROM legacy_match_ids")
+    ) == (sorted(legacy.values()))
 
 
 # -- the service over gRPC ------------------------------------------------------------------

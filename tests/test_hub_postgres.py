@@ -435,7 +435,7 @@ def test_migrate_creates_then_finds_the_schema_current(
     assert (again.before, again.after) == (SCHEMA_VERSION, SCHEMA_VERSION)
     assert "up to date" in str(again)
     first = migrate(lite)
-    assert (first.before, first.after) == (0, 3)
+    assert (first.before, first.after) == (0, 4)
     assert "sqlite" in str(first) and "created" in str(first)
     # The CLI command.
     result = CliRunner().invoke(cli_main, ["hub", "migrate", "--config", str(pg)])
@@ -448,7 +448,7 @@ def test_migrate_creates_then_finds_the_schema_current(
 
     run(opened())  # opening a migrated database changes nothing
     assert PostgresTagStore.migrate(postgres_dsn) == (SCHEMA_VERSION, SCHEMA_VERSION)
-    assert SqliteTagStore.migrate(tmp_path / "lite" / "hub.sqlite") == (3, 3)
+    assert SqliteTagStore.migrate(tmp_path / "lite" / "hub.sqlite") == (4, 4)
 
 
 def test_a_newer_schema_is_refused(postgres_dsn: str) -> None:

@@ -516,6 +516,41 @@ def test_a_query_with_more_hits_than_one_insert_takes_records_them_all(
     with_store(open_store, scenario)
 
 
+def test_match_ids_encrypt_the_order_in_which_matches_were_made(
+    open_store: OpenStore, store_backend: StoreBackend
+) -> None:
+    """Rows are numbered 1, 2, ... as matches are made (queries and standing
+    matches alike), and each id is the store's key's encryption of its
+    number: what bureaus see looks random, the table only appends."""
+    from hub.match_ids import MatchIds
+
+    ks = keys(5)
+
+    async def scenario(store: TagStore) -> None:
+        await enroll(store, "FRA", "w", ks)
+        first = await store.query("DEU", 1, queries(ks[:3]), include_own=False)
+        second = await store.query("ITA", 1, queries(ks[3:]), include_own=False)
+        await enroll(store, "DEU", "linked", ks[:1], policy_=LINKABLE)
+        await enroll(store, "ITA", "linked", ks[:1], policy_=LINKABLE)
+        stored = store_backend.rows("SELECT seq, match_id, requester, kind FROM matches")
+        assert sorted(seq for seq, _, _, _ in stored) == [1, 2, 3, 4, 5, 6]
+        key = bytes(store_backend.scalar("SELECT value FROM hub_secrets"))
+        ids = MatchIds(key)
+        by_seq = {
+            seq: (bytes(match_id), requester, kind) for seq, match_id, requester, kind in stored
+        }
+        assert all(ids.ids([seq]) == [match_id] for seq, (match_id, _, _) in by_seq.items())
+        assert sorted(by_seq[seq][0].hex() for seq in (1, 2, 3)) == sorted(
+            h.match_id for h in first.hits
+        )
+        assert sorted(by_seq[seq][0].hex() for seq in (4, 5)) == sorted(
+            h.match_id for h in second.hits
+        )
+        assert by_seq[6][2] == 1  # the standing match between DEU and ITA came last
+
+    with_store(open_store, scenario)
+
+
 # -- standing matches -------------------------------------------------------------------------
 
 
@@ -796,7 +831,7 @@ def test_sqlite_schema_2_tags_are_rekeyed(tmp_path: Path) -> None:
 
     run(after())
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         columns = sorted(conn.execute("PRAGMA table_info(tags)"), key=lambda r: r[5])
         key = [r[1] for r in columns if r[5]]
         assert key == ["dataset_id", "gen", "tag", "handle"]
