@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -179,7 +181,7 @@ def test_every_step_names_a_peers_malformed_element_in_a_batch(kind: str) -> Non
     evaluated, proof = oprf.verifiable_blind_evaluate_batch(sk, pk, blinded)
     p_blinds, p_blinded, tweaked = oprf.poprf_blind_batch(xs, b"info", pk)
     p_evaluated, p_proof = oprf.poprf_blind_evaluate_batch(sk, p_blinded, b"info")
-    calls = {
+    calls: dict[str, list[Callable[[], object]]] = {
         "blinded_element": [
             lambda: oprf.blind_evaluate_batch(sk, _with_bad(blinded, bad)),
             lambda: oprf.verifiable_blind_evaluate_batch(sk, pk, _with_bad(blinded, bad)),
