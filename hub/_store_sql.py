@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from hub.audit import AuditTree, check_entries_range
 from hub.columns import KeyColumns, QueryColumns, concat, key_columns, query_columns
@@ -903,8 +903,7 @@ def _sweep_slice(db: Db, written: _Written, *, after: int | None) -> tuple[int, 
 # -- lookups (reader snapshot, then the writer) ----------------------------------
 
 
-@dataclass(frozen=True)
-class _RawHit:
+class _RawHit(NamedTuple):  # a tuple: one per hit, tens of thousands in a bulk match
     query_index: int
     dataset: _Dataset  # as the lookup's snapshot saw it
     handle: bytes
@@ -1030,7 +1029,9 @@ def _hits(
         code = codes[index]
         for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag[tag]:
             d = searched.get(dataset_id)
-            if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
+            if row_code != code or d is None or gen != d.gen:
+                continue
+            if removed_at is not None and removed_at > added:  # _hidden, inlined: per row
                 continue
             hits.append(_RawHit(index, d, handle, code, tag))
     return hits

@@ -307,9 +307,9 @@ def reveal(policy: DatasetPolicy, owner: str, category: str) -> Revealed:
     )
 
 
-@dataclass(frozen=True)
-class Hit:
-    """An unmasked lookup hit as the store records it; never sent as is."""
+class Hit(NamedTuple):
+    """An unmasked lookup hit as the store records it; never sent as is.
+    (A tuple: a bulk match makes tens of thousands.)"""
 
     query_index: int
     match_id: str

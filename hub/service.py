@@ -23,14 +23,17 @@ trailer, logged, counted and appended to the audit log as a quota refusal.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from blindmatch.v1 import (
     audit_pb2,
@@ -72,7 +75,7 @@ from psi.disclosure import (
     verify_request,
 )
 from psi.errors import BlindmatchError, InvalidInputError, PeerError
-from psi.identifiers import Strength
+from psi.identifiers import KeyType, Strength
 from psi.merkle import leaf_hash
 
 __all__ = ["AuditLogService", "DisclosureService", "HubService", "authenticate", "status_for"]
@@ -164,14 +167,47 @@ def authenticate(context: Context, directory: DirectorySource | None) -> str:
     return identity.code
 
 
-# A lookup's matches as sent, and the store's result.
-_Answer = tuple[list[common_pb2.Match], policy.QueryResult]
+# A BulkMatch batch's id and its lookup.
+_Started = tuple[int, asyncio.Task[policy.QueryResult]]
 # BulkMatch batches looked up at once on one stream.
 _BULK_IN_FLIGHT = 4
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_fields(
+    policy_: policy.DatasetPolicy, owner: str, category: str, key_type: KeyType
+) -> Mapping[str, Any]:
+    """The `Match` fields, beyond its index and id, of a hit on a dataset of
+    `owner` and `category` under `policy_`: `policy.answer` decides them,
+    here once per kind of hit rather than once per hit (a bulk match sends
+    tens of thousands).  Proto3 optional: a field left out is "not revealed"."""
+    shown = policy.answer(policy.Hit(0, "", key_type, owner, category, policy_))
+    fields: dict[str, Any] = {
+        "key_type": KEY_TYPE_CODES[shown.key_type],
+        "strength": _STRENGTHS[shown.strength],
+    }
+    if shown.category is not None:
+        fields["category"] = shown.category
+    if shown.owner is not None:
+        fields["owner"] = shown.owner
+    return MappingProxyType(fields)
+
+
+def add_matches(
+    into: RepeatedCompositeFieldContainer[common_pb2.Match], hits: Iterable[policy.Hit]
+) -> None:
+    """Append each hit to a response's `matches` as the requester may see it."""
+    add = into.add
+    for hit in hits:
+        add(
+            query_index=hit.query_index,
+            match_id=hit.match_id,
+            **_shown_fields(hit.policy, hit.owner, hit.category, hit.key_type),
+        )
 
 
 class HubService(hub_pb2_grpc.HubServicer):
@@ -277,22 +313,6 @@ class HubService(hub_pb2_grpc.HubServicer):
             category=policy.check_category(header.category),
             replace=header.replace,
         )
-
-    @staticmethod
-    def _match(hit: policy.Hit) -> common_pb2.Match:
-        shown = policy.answer(hit)
-        match = common_pb2.Match(
-            query_index=shown.query_index,
-            match_id=shown.match_id,
-            key_type=KEY_TYPE_CODES[shown.key_type],  # type: ignore[arg-type]
-            strength=_STRENGTHS[shown.strength],
-        )
-        # Proto3 optional: unset means "not revealed".
-        if shown.category is not None:
-            match.category = shown.category
-        if shown.owner is not None:
-            match.owner = shown.owner
-        return match
 
     @staticmethod
     def _notice(notice: policy.Notice) -> common_pb2.Notice:
@@ -402,15 +422,16 @@ class HubService(hub_pb2_grpc.HubServicer):
         tags: list[policy.QueryTag] | QueryColumns,
         include_own: bool,
         operation: str,
-    ) -> _Answer:
+    ) -> policy.QueryResult:
         """Spend the caller's quota on validated `tags` and look them up."""
         await self._spend(requester, len(tags), operation)
         if self._metrics is not None:
             self._metrics.queried_tags.inc(len(tags))
-        result = await self._store.query(requester, epoch, tags, include_own=include_own)
-        return [self._match(hit) for hit in result.hits], result
+        return await self._store.query(requester, epoch, tags, include_own=include_own)
 
-    async def _bulk_lookup(self, requester: str, request: hub_pb2.BulkMatchRequest) -> _Answer:
+    async def _bulk_lookup(
+        self, requester: str, request: hub_pb2.BulkMatchRequest
+    ) -> policy.QueryResult:
         # Validated here, inside the batch's task: an error is that batch's answer.
         return await self._lookup(
             requester,
@@ -424,7 +445,7 @@ class HubService(hub_pb2_grpc.HubServicer):
         """Look up one batch of tags."""
         try:
             requester = self._caller(context)
-            matches, result = await self._lookup(
+            result = await self._lookup(
                 requester,
                 policy.check_epoch(request.epoch),
                 self._query_tags(request.tags),
@@ -433,11 +454,11 @@ class HubService(hub_pb2_grpc.HubServicer):
             )
         except Exception as exc:
             await _abort(context, exc)
-        return hub_pb2.QueryResponse(
-            matches=matches,
-            datasets_searched=result.datasets_searched,
-            audit_index=result.audit_index,
+        response = hub_pb2.QueryResponse(
+            datasets_searched=result.datasets_searched, audit_index=result.audit_index
         )
+        add_matches(response.matches, result.hits)
+        return response
 
     async def BulkMatch(
         self, request_iterator: AsyncIterator[hub_pb2.BulkMatchRequest], context: Context
@@ -453,7 +474,7 @@ class HubService(hub_pb2_grpc.HubServicer):
         except Exception as exc:
             await _abort(context, exc)
         slots = asyncio.Semaphore(_BULK_IN_FLIGHT)
-        started: asyncio.Queue[tuple[int, asyncio.Task[_Answer]] | None] = asyncio.Queue()
+        started: asyncio.Queue[_Started | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
@@ -480,15 +501,15 @@ class HubService(hub_pb2_grpc.HubServicer):
 
     @staticmethod
     async def _bulk_answer(
-        context: Context, batch_id: int, lookup: asyncio.Task[_Answer]
+        context: Context, batch_id: int, lookup: asyncio.Task[policy.QueryResult]
     ) -> hub_pb2.BulkMatchResponse:
         try:
-            matches, result = await lookup
+            result = await lookup
         except Exception as exc:
             await _abort(context, exc, where=f"batch_id {batch_id}: ")
-        return hub_pb2.BulkMatchResponse(
-            batch_id=batch_id, matches=matches, audit_index=result.audit_index
-        )
+        response = hub_pb2.BulkMatchResponse(batch_id=batch_id, audit_index=result.audit_index)
+        add_matches(response.matches, result.hits)
+        return response
 
     async def WatchNotices(
         self, request: hub_pb2.WatchNoticesRequest, context: Context

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindmatch.v1 import common_pb2
+from blindmatch.v1 import common_pb2, hub_pb2
 from hub import policy
 from hub._store_sql import _CHUNK, _Dataset, _LiveDatasets, _searched
 from hub.errors import (
@@ -141,6 +141,42 @@ def test_answer_masks_by_policy(
     shown = policy.answer(hit)
     assert (shown.owner, shown.category) == (owner_shown, category_shown)
     assert (shown.query_index, shown.match_id, shown.key_type) == (3, "id", KeyType.PHONE)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hits=st.lists(
+        st.builds(
+            policy.Hit,
+            query_index=st.integers(0, 9999),
+            match_id=st.binary(min_size=16, max_size=16).map(bytes.hex),
+            key_type=st.sampled_from(list(KeyType)),
+            owner=st.sampled_from(["DEU", "FRA"]),
+            category=st.sampled_from(["", "stolen", "wanted"]),
+            policy=st.builds(DatasetPolicy, st.booleans(), st.booleans(), st.booleans()),
+        ),
+        max_size=20,
+    )
+)
+def test_sent_matches_show_exactly_what_answer_decides(hits: list[policy.Hit]) -> None:
+    """The service fills each sent Match from fields cached per kind of hit;
+    each must equal `policy.answer` applied to that hit alone."""
+    from hub.service import KEY_TYPE_CODES, add_matches
+
+    sent = hub_pb2.QueryResponse()
+    add_matches(sent.matches, hits)
+    assert len(sent.matches) == len(hits)
+    for match, hit in zip(sent.matches, hits, strict=True):
+        shown = policy.answer(hit)
+        assert (match.query_index, match.match_id) == (shown.query_index, shown.match_id)
+        assert match.key_type == KEY_TYPE_CODES[shown.key_type]
+        assert match.strength == (
+            common_pb2.STRENGTH_EXACT
+            if shown.strength is Strength.EXACT
+            else common_pb2.STRENGTH_CANDIDATE
+        )
+        assert (match.owner if match.HasField("owner") else None) == shown.owner
+        assert (match.category if match.HasField("category") else None) == shown.category
 
 
 def test_resolve_dataset_only_for_the_callers_own() -> None:

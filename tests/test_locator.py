@@ -216,3 +216,72 @@ def test_lookups_during_a_rebuild_see_the_old_entries(
         (count, 2, 1),
         (count + 1, 2, 1),
     }
+
+
+# -- the directory of large runs ---------------------------------------------------
+
+
+def _needles_for(run: Run, rng: np.random.Generator) -> Prefixes:
+    """Random prefixes, every stored one and its neighbours, both ends of the
+    64-bit range, and the first prefix of (and the one before) ranges."""
+    top = np.uint64(2**64 - 1)
+    stored = run.prefixes
+    parts = [
+        rng.integers(0, 2**64, 2000, dtype=np.uint64, endpoint=False),
+        stored,
+        stored[stored < top] + np.uint64(1),
+        stored[stored > 0] - np.uint64(1),
+        np.array([0, 1, 2**63, 2**64 - 2, 2**64 - 1], dtype=np.uint64),
+    ]
+    if run.starts is not None:
+        ranges = rng.integers(0, run.starts.shape[0] - 1, 500, dtype=np.uint64)
+        first = ranges << np.uint64(run.shift)
+        parts += [first, first[first > 0] - np.uint64(1)]
+    return np.concatenate(parts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.integers(4096, 20_000),
+    repeats=st.integers(0, 30),
+    extremes=st.booleans(),
+)
+def test_a_run_with_a_directory_searches_like_searchsorted(
+    seed: int, size: int, repeats: int, extremes: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    prefixes = rng.integers(0, 2**64, size, dtype=np.uint64, endpoint=False)
+    prefixes[:repeats] = prefixes[repeats : 2 * repeats]  # equal prefixes, adjacent once sorted
+    if extremes:
+        prefixes[-2:] = np.array([0, 2**64 - 1], dtype=np.uint64)
+    run = locator_module.build_run(prefixes, np.zeros(size, dtype=np.uint32))
+    assert run.starts is not None  # uniform prefixes: the directory is built
+    needles = _needles_for(run, rng)
+    assert np.array_equal(run.search(needles), np.searchsorted(run.prefixes, needles))
+
+
+def test_a_crowded_run_keeps_no_directory_and_still_searches_exactly() -> None:
+    rng = np.random.default_rng(5)
+    # Not OPRF output: every prefix in the lowest range.
+    prefixes = rng.integers(0, 2**20, 10_000, dtype=np.uint64)
+    run = locator_module.build_run(prefixes, np.zeros(10_000, dtype=np.uint32))
+    assert run.starts is None
+    needles = _needles_for(run, rng)
+    assert np.array_equal(run.search(needles), np.searchsorted(run.prefixes, needles))
+
+
+def test_candidates_in_large_runs_are_exactly_what_was_noted() -> None:
+    """Runs past the directory threshold (one per note, then merged): every
+    noted tag is found for each of its (dataset, gen), nothing else."""
+    locator = TagLocator()
+    model: Model = {}
+    tags = [os.urandom(16) for _ in range(30_000)]
+    for i, (dataset, gen) in enumerate([(1, 1), (2, 1), (2, 2)]):
+        batch = tags[i * 8000 : i * 8000 + 14_000]  # overlapping: shared tags
+        locator.note(dataset, gen, batch)
+        for t in batch:
+            model.setdefault(t, set()).add((dataset, gen))
+    assert locator.compact() or locator.runs == 1
+    asked = [*tags[::7], *(os.urandom(16) for _ in range(3000))]
+    assert found(locator, asked) == expected(model, asked)
