@@ -237,6 +237,8 @@ def _new_match_ids(db: Db, count: int) -> list[tuple[int, bytes]]:
     """(sequence number, id) for the next `count` matches.  Only serialized
     writes make matches (they also append audit leaves), so the numbers
     after the largest stored one are free."""
+    if count == 0:  # most queries: no statement at all
+        return []
     (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM matches").fetchone()
     seqs = range(int(last) + 1, int(last) + 1 + count)
     return list(zip(seqs, db.match_ids.ids(seqs), strict=True))
