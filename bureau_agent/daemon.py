@@ -106,7 +106,15 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             },
         )
 
-    tagger = ThresholdTagger(directory, config.tls, executor, rpc_timeout=config.rpc_timeout)
+    # A custodian bureau applies its own share to its own batches itself.
+    own_shares = {} if custodian_service is None else {e: s.share for e, s in shares.items()}
+    tagger = ThresholdTagger(
+        directory,
+        config.tls,
+        executor,
+        rpc_timeout=config.rpc_timeout,
+        own_shares=own_shares,
+    )
     agent = AgentService(config, directory, tagger, store, metrics=metrics)
     if config.signing_key_path.exists() and all(p.exists() for p in config.hpke_key_paths):
         mlkem_path, x25519_path = config.hpke_key_paths

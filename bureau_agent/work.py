@@ -26,6 +26,7 @@ __all__ = [
     "custodian_evaluate",
     "exit_with_parent",
     "finish_batch",
+    "own_evaluate",
     "run_job",
     "warm_up",
 ]
@@ -83,6 +84,17 @@ def custodian_evaluate(
     return list(partial.evaluated), partial.proof
 
 
+def own_evaluate(
+    index: int, share: bytes, participants: Sequence[int], blinded: Sequence[bytes]
+) -> tuple[list[bytes], bytes]:
+    """This bureau's own custodian share applied to its own batch (no proof:
+    see `threshold.own_partial_evaluate`); the proof slot is empty."""
+    partial = threshold.own_partial_evaluate(
+        threshold.KeyShare(index, share), participants, blinded
+    )
+    return list(partial.evaluated), partial.proof
+
+
 @dataclass(frozen=True)
 class FinishedBatch:
     """Tags for every input, or the custodians whose answers failed verification."""
@@ -97,17 +109,22 @@ def finish_batch(
     blinded: Sequence[bytes],
     partials: Sequence[tuple[int, Sequence[bytes], bytes]],
     public_shares: Mapping[int, bytes],
+    own: int | None = None,
 ) -> FinishedBatch:
     """Verify every custodian's answer, combine, unblind, finalize and truncate.
 
     Every answer is checked (not just up to the first bad one) so the caller
-    learns all custodians to avoid in one round.
+    learns all custodians to avoid in one round; the partial of share `own`
+    (this bureau's, from `own_evaluate`) is not: it carries no proof.
     """
     participants = [index for index, _, _ in partials]
     verified: list[threshold.PartialEvaluation] = []
     bad: dict[int, str] = {}
     for index, evaluated, proof in partials:
         partial = threshold.PartialEvaluation(index, tuple(evaluated), proof)
+        if index == own:
+            verified.append(partial)
+            continue
         try:
             threshold.verify_partial(partial, public_shares[index], participants, blinded)
         except (VerifyError, DeserializeError) as exc:

@@ -34,6 +34,7 @@ __all__ = [
     "finalize",
     "generate_threshold_key",
     "lagrange_coefficient",
+    "own_partial_evaluate",
     "partial_evaluate",
     "recover_key",
     "split_key",
@@ -212,6 +213,22 @@ def _partial_evaluate_with(
         weighted_key, weighted_public, blinded_elements, r
     )
     return PartialEvaluation(share.index, tuple(evaluated), proof)
+
+
+def own_partial_evaluate(
+    share: KeyShare, participants: Sequence[int], blinded_elements: Sequence[bytes]
+) -> PartialEvaluation:
+    """A custodian's step for its own bureau's batch: lambda_i * k_i * B for
+    each blinded element, without a proof (`proof` is empty).  The proof
+    convinces the bureau that asked; when that bureau holds the share itself
+    it has nobody to convince, and skips making (one composite) and checking
+    (two) it.  Only for partials that `verify_and_combine` / `finalize` get
+    from the caller's own share."""
+    weight = lagrange_coefficient(share.index, participants)
+    weighted_key = group.scalar_mul(weight, share.value)
+    return PartialEvaluation(
+        share.index, tuple(oprf.blind_evaluate_batch(weighted_key, blinded_elements)), b""
+    )
 
 
 def verify_partial(

@@ -131,6 +131,36 @@ def test_any_two_custodians_give_the_single_key_tags(
     assert first == after_failover == expected_tags(federation, INPUTS)
 
 
+def test_a_custodian_bureau_applies_its_own_share_without_asking_itself(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    """FRA tags with its own share (its custodian server is not even
+    running) and DEU's verified answer: the single-key tags; nothing failed."""
+
+    async def main() -> tuple[list[bytes], dict[str, str]]:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("DEU")
+            await fed.start("BRA", share=threshold.KeyShare(3, group.random_scalar()))
+            own = ceremony.load_share(
+                ceremony.share_path(federation, 1, "FRA"), fed.cache.get(), "FRA"
+            )
+            tls = pki.TlsFiles.in_folder(federation / "bureaus" / "FRA")
+            tagger = ThresholdTagger(
+                fed.cache, tls, executor, rpc_timeout=5.0, own_shares={1: own.share}
+            )
+            tagged = await tagger.tag(INPUTS)
+            errors = dict(tagger.stats.custodian_errors)
+            await tagger.close()
+        finally:
+            await fed.close()
+        return tagged, errors
+
+    tagged, errors = run(main())
+    assert tagged == expected_tags(federation, INPUTS)
+    assert errors == {}  # FRA (own) and DEU were chosen; dishonest BRA never asked
+
+
 def test_dishonest_custodian_is_named_and_skipped(
     federation: Path, executor: ThreadPoolExecutor
 ) -> None:

@@ -47,6 +47,41 @@ def test_every_t_subset_gives_the_single_key_output(t_n: tuple[int, int], xs: li
         assert threshold_outputs(shares, commitments, subset, xs) == expected
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    t_n=st.tuples(st.integers(2, 4), st.integers(0, 2)).map(lambda p: (p[0], p[0] + p[1])),
+    xs=st.lists(st.binary(max_size=20), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_a_custodians_own_unproven_partial_gives_the_same_output(
+    t_n: tuple[int, int], xs: list[bytes], data: st.DataObject
+) -> None:
+    """A custodian bureau applies its own share without a proof and verifies
+    the others: the outputs are the single-key ones all the same."""
+    t, n = t_n
+    key = group.random_scalar()
+    shares, commitments = threshold.split_key(key, t, n)
+    subset = tuple(sorted(data.draw(st.sets(st.integers(1, n), min_size=t, max_size=t))))
+    own = data.draw(st.sampled_from(subset))
+    blinds, blinded = oprf.blind_batch(xs, MODE)
+    mine = threshold.own_partial_evaluate(shares[own - 1], subset, blinded)
+    assert mine.proof == b""
+    others = [
+        threshold.partial_evaluate(shares[i - 1], subset, blinded) for i in subset if i != own
+    ]
+    for partial in others:
+        threshold.verify_partial(partial, commitments.public_share(partial.index), subset, blinded)
+    outputs = threshold.finalize(xs, blinds, [mine, *others])
+    assert outputs == [oprf.evaluate(key, x, MODE) for x in xs]
+    # The unproven partial is the proven one without its proof.
+    assert (
+        mine.evaluated
+        == threshold._partial_evaluate_with(
+            shares[own - 1], subset, blinded, group.random_scalar()
+        ).evaluated
+    )
+
+
 @settings(max_examples=10, deadline=None)
 @given(t=st.integers(2, 5))
 def test_t_minus_one_shares_do_not_give_the_output(t: int) -> None:
