@@ -45,6 +45,7 @@ class LocalFederation:
     hub_extra: dict[str, object] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     startup_timeout: float = 60.0
+    agent_workers: int = 2  # worker processes per agent
 
     # -- paths --------------------------------------------------------------
 
@@ -112,7 +113,7 @@ class LocalFederation:
             f'credentials = "{self.federation / "bureaus" / code}"',
             f'state_dir = "{self.state_dir(code)}"',
             'listen = "127.0.0.1:0"',
-            "workers = 2",
+            f"workers = {self.agent_workers}",
             "rpc_timeout = 20.0",
         ]
         if code in self.custodians:
