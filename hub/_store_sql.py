@@ -55,6 +55,7 @@ from hub.errors import (
     FailedPreconditionError,
     NotFoundError,
     PermissionDeniedError,
+    StorageError,
 )
 from hub.match_ids import KEY_LENGTH, MatchIds
 from hub.policy import (
@@ -78,7 +79,7 @@ from hub.policy import (
 from psi.audit import EntryKind, encode_entry
 from psi.disclosure import DisclosureDecision, DisclosureRequest, Outcome
 
-__all__ = ["Db", "Rows", "SqlEnrollment", "SqlStore", "TagRow"]
+__all__ = ["Db", "MatchIdsOf", "Rows", "SqlEnrollment", "SqlStore", "TagRow"]
 
 log = logging.getLogger("blindmatch.hub.store")
 
@@ -178,6 +179,19 @@ class Db(Protocol):
         """The store's permutation between match sequence numbers and ids
         (`hub.match_ids`), loaded when the store opened."""
         ...
+
+
+class MatchIdsOf:
+    """The `Db.match_ids` both stores' `Db` classes share."""
+
+    def __init__(self, match_ids: MatchIds | None) -> None:
+        self._match_ids = match_ids
+
+    @property
+    def match_ids(self) -> MatchIds:
+        if self._match_ids is None:
+            raise StorageError("the hub's match-id key is not loaded yet")
+        return self._match_ids
 
 
 # Keys per write transaction while staging: small enough that other

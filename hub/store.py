@@ -90,6 +90,7 @@ from typing import Protocol, TypeVar
 from hub._store_sql import (
     _SMALL_QUERY,
     Db,
+    MatchIdsOf,
     SqlStore,
     TagRow,
     _next_expiry,
@@ -476,21 +477,15 @@ _PROBES_PER_STATEMENT = 2000
 _ROWS_PER_INSERT = 500
 
 
-class _SqliteDb:
+class _SqliteDb(MatchIdsOf):
     """`Db` on a sqlite3 connection, with the store's `TagLocator`."""
 
     def __init__(
         self, conn: sqlite3.Connection, locator: TagLocator, match_ids: MatchIds | None
     ) -> None:
+        super().__init__(match_ids)
         self._conn = conn
         self._locator = locator
-        self._match_ids = match_ids
-
-    @property
-    def match_ids(self) -> MatchIds:
-        if self._match_ids is None:
-            raise StorageError("the hub's match-id key is not loaded yet")
-        return self._match_ids
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
         return self._conn.execute(sql, tuple(args))

@@ -59,6 +59,7 @@ from psycopg.rows import TupleRow
 from hub._store_sql import (
     _SMALL_QUERY,
     Db,
+    MatchIdsOf,
     SqlEnrollment,
     SqlStore,
     TagRow,
@@ -341,18 +342,12 @@ def _in_key_order(rows: list[TagRow]) -> list[TagRow]:
     return rows
 
 
-class _PgDb:
+class _PgDb(MatchIdsOf):
     """`Db` on a psycopg connection inside a transaction."""
 
     def __init__(self, conn: Connection, match_ids: MatchIds | None) -> None:
+        super().__init__(match_ids)
         self._conn = conn
-        self._match_ids = match_ids
-
-    @property
-    def match_ids(self) -> MatchIds:
-        if self._match_ids is None:
-            raise StorageError("the hub's match-id key is not loaded yet")
-        return self._match_ids
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> psycopg.Cursor[TupleRow]:
         return self._conn.execute(_pg(sql), tuple(args))

@@ -189,8 +189,19 @@ def _blind_batch_with(
 
 def _decode_and_multiply(scalar: bytes, elements: Sequence[bytes], name: str) -> list[bytes]:
     """scalar * e for each of a peer's elements, each decoded (and rejected by name)."""
+    return _products([scalar] * len(elements), elements, name)
+
+
+def _products(
+    scalars: Sequence[bytes], elements: Sequence[bytes], decode_as: str | None
+) -> list[bytes]:
+    """s_i * e_i for each pair; with `decode_as`, each e_i is a peer's element,
+    decoded (and rejected as decode_as[i]) inside its multiplication."""
+    pairs = zip(scalars, elements, strict=True)
+    if decode_as is None:
+        return [group.scalar_mult(s, e) for s, e in pairs]
     multiply = group.decode_and_scalar_mult
-    return [multiply(scalar, e, name=f"{name}[{i}]") for i, e in enumerate(elements)]
+    return [multiply(s, e, name=f"{decode_as}[{i}]") for i, (s, e) in enumerate(pairs)]
 
 
 def blind_evaluate(sk: bytes, blinded_element: bytes) -> bytes:
@@ -244,16 +255,8 @@ def _composite_weights(
 def _weighted_sum(
     weights: Sequence[bytes], elements: Sequence[bytes], decode_as: str | None = None
 ) -> bytes:
-    """sum w_i * e_i; with `decode_as`, each e_i is a peer's element, decoded
-    (and rejected as decode_as[i]) inside its multiplication."""
-    if decode_as is None:
-        terms = [group.scalar_mult(w, e) for w, e in zip(weights, elements, strict=True)]
-    else:
-        multiply = group.decode_and_scalar_mult
-        terms = [
-            multiply(w, e, name=f"{decode_as}[{i}]")
-            for i, (w, e) in enumerate(zip(weights, elements, strict=True))
-        ]
+    """sum w_i * e_i (see `_products` for `decode_as`)."""
+    terms = _products(weights, elements, decode_as)
     total = terms[0] if terms else group.IDENTITY
     for term in terms[1:]:
         total = group.element_add(total, term)
@@ -439,15 +442,7 @@ def _unblind_and_hash(
 ) -> list[bytes]:
     """Finalize's hash of each input with blind^-1 * evaluated; with `decode_as`,
     the evaluated elements are a peer's, decoded inside the unblinding."""
-    inverses = group.scalar_invert_batch(blinds)
-    if decode_as is None:
-        unblinded = [group.scalar_mult(inv, e) for inv, e in zip(inverses, evaluated, strict=True)]
-    else:
-        multiply = group.decode_and_scalar_mult
-        unblinded = [
-            multiply(inv, e, name=f"{decode_as}[{i}]")
-            for i, (inv, e) in enumerate(zip(inverses, evaluated, strict=True))
-        ]
+    unblinded = _products(group.scalar_invert_batch(blinds), evaluated, decode_as)
     return [_finalize_hash(x, u, info) for x, u in zip(inputs, unblinded, strict=True)]
 
 

@@ -161,7 +161,8 @@ def test_answer_masks_by_policy(
 def test_sent_matches_show_exactly_what_answer_decides(hits: list[policy.Hit]) -> None:
     """The service fills each sent Match from fields cached per kind of hit;
     each must equal `policy.answer` applied to that hit alone."""
-    from hub.service import KEY_TYPE_CODES, add_matches
+    from hub.policy import KEY_TYPE_CODES
+    from hub.service import add_matches
 
     sent = hub_pb2.QueryResponse()
     add_matches(sent.matches, hits)
