@@ -29,8 +29,9 @@ def test_public_names() -> None:
     }  # fmt: skip
     assert set(threshold.__all__) == {
         "MAX_CUSTODIANS", "FeldmanCommitments", "KeyShare", "PartialEvaluation", "combine",
-        "finalize", "generate_threshold_key", "lagrange_coefficient", "partial_evaluate",
-        "recover_key", "split_key", "verify_and_combine", "verify_partial", "verify_share",
+        "finalize", "generate_threshold_key", "lagrange_coefficient", "own_partial_evaluate",
+        "partial_evaluate", "recover_key", "split_key", "verify_and_combine", "verify_partial",
+        "verify_share",
     }  # fmt: skip
     assert set(tags.__all__) == {"TAG_LENGTH", "tag_from_output"}
     for module in (group, oprf, tags, threshold):
