@@ -211,7 +211,8 @@ class ThresholdTagger:
         )
         custodians = self._refresh(entry)
         public = _public_shares(entry)
-        own = self._own[entry.epoch].index if entry.epoch in self._own else None
+        own_share = self._own.get(entry.epoch)
+        own = None if own_share is None else own_share.index
         excluded: dict[str, str] = {}
         transient: dict[str, float] = {}  # code -> the wait it asked for (0: none)
         delays = self._backoff.delays()

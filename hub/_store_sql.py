@@ -1045,9 +1045,7 @@ def _hits(
         code = codes[index]
         for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag[tag]:
             d = searched.get(dataset_id)
-            if row_code != code or d is None or gen != d.gen:
-                continue
-            if removed_at is not None and removed_at > added:  # _hidden, inlined: per row
+            if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
                 continue
             hits.append(_RawHit(index, d, handle, code, tag))
     return hits
