@@ -8,15 +8,15 @@ key), real mutual TLS and SQLite.  Measures, through the agent's local API
 (no CLI start-up):
 
 * enrollment records/s of USA enrolling N records with 3 match keys each
-  (passport, exact person, phonetic person), 2-of-3 VOPRF with every proof
-  verified, custodians on this same 2-core machine; `--runs` enrollments of
+  (passport, exact person, phonetic person), 2-of-3 VOPRF with every batch
+  checked (`psi.threshold.batch_check`), custodians on this same 2-core machine; `--runs` enrollments of
   the file (as new datasets), the median is reported, with every run, the
   CPU the federation's processes used per key, and how busy the machine was
   with other work (`benchmarks.machine`; each run first waits up to
   `--wait-quiet` seconds for a quiet machine);
 * single-query latency p50/p99 (agent -> 2 custodians -> hub -> answer);
 * the floor: the libsodium calls that path needs per key, timed in this run
-  (about ten scalar multiplications for 2-of-3 VOPRF with proofs verified),
+  (six scalar multiplications for 2-of-3 VOPRF with the per-batch check),
   and the measured per-key cost against it.
 
 Prints a readable table and JSON; writes benchmarks/results/bench_federation.json.

@@ -1,4 +1,5 @@
-"""The custodian service: a thin gRPC shell around `psi.threshold.partial_evaluate`.
+"""The custodian service: a thin gRPC shell around `psi.threshold.partial_evaluate`
+(or `unproven_partial_evaluate` when the caller checks the batch itself).
 
 Rules it enforces before any scalar multiplication:
 * the caller is a bureau of the signed directory (identity from its certificate);
@@ -121,6 +122,7 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
                 share.value,
                 participants,
                 blinded,
+                not request.unproven,
             )
         except Exception as exc:
             await rpc.abort_for(context, exc)
@@ -128,7 +130,12 @@ class CustodianService(custodian_pb2_grpc.CustodianServicer):
             self._metrics.evaluated_elements.labels(caller.code).inc(len(blinded))
         log.info(
             "evaluated batch",
-            extra={"caller": caller.code, "elements": len(blinded), "epoch": held.epoch.epoch},
+            extra={
+                "caller": caller.code,
+                "elements": len(blinded),
+                "epoch": held.epoch.epoch,
+                "proven": not request.unproven,
+            },
         )
         return custodian_pb2.EvaluateResponse(
             epoch=held.epoch.epoch,

@@ -1,23 +1,31 @@
 """The bureau's side of the threshold OPRF: blind once, ask t custodians in
-parallel, verify every answer, combine, unblind, finalize.
+parallel, check their answers, combine, unblind, finalize.
+
+The check is per batch (`psi.threshold.batch_check`): the custodians answer
+the batch without proofs; once all have answered, each is asked for a
+proven evaluation of one secret random combination of the batch, and the
+combined answers must agree with the sum of those (two multiplications per
+element for the bureau however many custodians take part, one for each
+custodian).  When they do not, each custodian's answers are checked against
+its own proven element, which names the liar.
 
 Failover: when a custodian is unreachable, answers with an error, or sends an
-answer that fails verification, it is excluded for this batch and the batch
-is re-asked of a new participant set (the Lagrange weights depend on the set,
-so the remaining custodians are asked again too).  With n custodians the
-batch succeeds while at least t of them are honest and reachable; otherwise
-`CustodiansUnavailable` names every custodian and what went wrong with it.
+answer that fails the check, it is excluded for this batch and the batch is
+re-asked of a new participant set (the Lagrange weights depend on the set,
+so the remaining custodians are asked again too, with a fresh check once the
+old one has been shown).  With n custodians the batch succeeds while at
+least t of them are honest and reachable; otherwise `CustodiansUnavailable`
+names every custodian and what went wrong with it.
 
 A bureau that is itself a custodian of the epoch (`own_shares`) takes part
-first and applies its own share in its worker pool: no call, no proof to
-make or check for that part (a third of the elliptic-curve work of a 3-of-n
-batch).  The other participants' answers are verified as always.
+first and applies its own share in its worker pool: no call, and its part
+is not checked.
 
 Retries: Evaluate is idempotent, so when fewer than t custodians are left
 and some of the excluded ones failed only transiently (UNAVAILABLE, or
 RESOURCE_EXHAUSTED with a short `retry-after-ms`), they are asked again
 after an exponential backoff, a few rounds at most.  A custodian whose
-answer failed verification is never asked again for that batch, and a
+answer failed the check is never asked again for that batch, and a
 deadline that passed is not retried (it already cost a whole deadline).
 """
 
@@ -161,18 +169,24 @@ class ThresholdTagger:
             await channel.close()
 
     async def _evaluate(
-        self, custodian: _Custodian, epoch: int, participants: list[int], blinded: list[bytes]
-    ) -> tuple[int, list[bytes], bytes]:
+        self,
+        custodian: _Custodian,
+        epoch: int,
+        participants: list[int],
+        elements: list[bytes],
+        proven: bool,
+    ) -> work.Answer:
         own = self._own.get(epoch)
         if own is not None and own.index == custodian.index:
             evaluated, proof = await work.run_job(
                 self._executor,
-                len(blinded),
-                work.own_evaluate,
+                len(elements),
+                work.custodian_evaluate,
                 own.index,
                 own.value,
                 participants,
-                blinded,
+                elements,
+                False,
             )
             return custodian.index, evaluated, proof
         if not custodian.address:
@@ -180,7 +194,10 @@ class ThresholdTagger:
         stub = custodian_pb2_grpc.CustodianStub(self._channel(custodian))
         reply = await stub.Evaluate(
             custodian_pb2.EvaluateRequest(
-                epoch=epoch, participants=participants, blinded_elements=blinded
+                epoch=epoch,
+                participants=participants,
+                blinded_elements=elements,
+                unproven=not proven,
             ),
             timeout=self._timeout,
         )
@@ -189,6 +206,33 @@ class ThresholdTagger:
                 f"{custodian.code} answered as share {reply.share_index} of epoch {reply.epoch}"
             )
         return custodian.index, list(reply.evaluated_elements), reply.proof
+
+    async def _ask(
+        self,
+        chosen: list[_Custodian],
+        epoch: int,
+        participants: list[int],
+        elements: list[bytes],
+        proven: bool,
+        excluded: dict[str, str],
+        transient: dict[str, float],
+    ) -> list[work.Answer] | None:
+        """Every chosen custodian's answer for `elements`, or None after
+        noting each one that failed."""
+        answers = await asyncio.gather(
+            *(self._evaluate(c, epoch, participants, elements, proven) for c in chosen),
+            return_exceptions=True,
+        )
+        ok: list[work.Answer] = []
+        for custodian, answer in zip(chosen, answers, strict=True):
+            if isinstance(answer, BaseException):
+                self._fail(custodian, _describe(answer), excluded)
+                wait = self._transient_wait(answer)
+                if wait is not None:
+                    transient[custodian.code] = wait
+            else:
+                ok.append(answer)
+        return ok if len(ok) == len(chosen) else None
 
     def _choose(
         self, custodians: list[_Custodian], excluded: set[str], t: int, own: int | None
@@ -206,9 +250,13 @@ class ThresholdTagger:
         if not inputs:
             return []
         entry = self.epoch_entry(epoch)
-        blinds, blinded = await work.run_job(
-            self._executor, len(inputs), work.blind_chunk, list(inputs)
+        # A query-sized batch is checked by a proof per answer: one round trip
+        # instead of two, for the same work at that size.
+        per_batch = len(inputs) > work.INLINE_ELEMENTS
+        batch = await work.run_job(
+            self._executor, len(inputs), work.blind_chunk, list(inputs), per_batch
         )
+        check, shown = batch.check, False
         custodians = self._refresh(entry)
         public = _public_shares(entry)
         own_share = self._own.get(entry.epoch)
@@ -242,31 +290,32 @@ class ThresholdTagger:
                     f"only {len(chosen)} of the {entry.threshold} custodians needed for epoch "
                     f"{entry.epoch} could evaluate ({details})"
                 )
+            if shown:  # custodians have seen this combination: draw another
+                check = await work.run_job(
+                    self._executor, len(inputs), work.new_check, batch.blinded
+                )
             participants = sorted(c.index for c in chosen)
-            answers = await asyncio.gather(
-                *(self._evaluate(c, entry.epoch, participants, blinded) for c in chosen),
-                return_exceptions=True,
+            ask = functools.partial(
+                self._ask, chosen, entry.epoch, participants, excluded=excluded, transient=transient
             )
-            partials: list[tuple[int, list[bytes], bytes]] = []
-            for custodian, answer in zip(chosen, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    self._fail(custodian, _describe(answer), excluded)
-                    wait = self._transient_wait(answer)
-                    if wait is not None:
-                        transient[custodian.code] = wait
-                else:
-                    partials.append(answer)
-            if len(partials) == len(chosen):
+            partials = await ask(batch.blinded, proven=check is None)
+            proven: list[work.Answer] | None = []
+            if partials is not None and check is not None:
+                # Only now, with every answer in, may the combination be shown.
+                shown = True
+                proven = await ask([check.composite], proven=True)
+            if partials is not None and proven is not None:
                 finished = await work.run_job(
                     self._executor,
                     len(inputs),
                     work.finish_batch,
                     list(inputs),
-                    blinds,
-                    blinded,
+                    batch,
                     partials,
                     public,
                     own,
+                    check,
+                    proven,
                 )
                 if not finished.bad:
                     for custodian in chosen:

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from psi import oprf, tags, threshold
-from psi.errors import DeserializeError, VerifyError
 from psi.oprf import Mode
 
 __all__ = [
+    "BlindedBatch",
     "FinishedBatch",
     "blind_chunk",
     "custodian_evaluate",
     "exit_with_parent",
     "finish_batch",
-    "own_evaluate",
+    "new_check",
     "run_job",
     "warm_up",
 ]
@@ -71,67 +71,89 @@ def warm_up() -> int:
     return len(oprf.SUITE_ID)
 
 
-def blind_chunk(inputs: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Blind a batch of OPRF inputs: (blinds, blinded elements)."""
-    return oprf.blind_batch(inputs, MODE)
+@dataclass(frozen=True)
+class BlindedBatch:
+    """A blinded batch, with the random combination its custodians' answers
+    are checked against when they come without proofs (None: with proofs;
+    see `psi.threshold.batch_check`)."""
+
+    blinds: list[bytes]
+    blinded: list[bytes]
+    check: threshold.BatchCheck | None
+
+
+def blind_chunk(inputs: Sequence[bytes], checked: bool = True) -> BlindedBatch:
+    """Blind a batch of OPRF inputs and, if `checked`, draw its check."""
+    blinds, blinded = oprf.blind_batch(inputs, MODE)
+    return BlindedBatch(blinds, blinded, threshold.batch_check(blinded) if checked else None)
+
+
+def new_check(blinded: Sequence[bytes]) -> threshold.BatchCheck:
+    """A fresh check for a batch asked of another participant set."""
+    return threshold.batch_check(blinded)
 
 
 def custodian_evaluate(
-    index: int, share: bytes, participants: Sequence[int], blinded: Sequence[bytes]
+    index: int,
+    share: bytes,
+    participants: Sequence[int],
+    blinded: Sequence[bytes],
+    proven: bool = True,
 ) -> tuple[list[bytes], bytes]:
-    """A custodian's weighted evaluation of a batch with its proof."""
-    partial = threshold.partial_evaluate(threshold.KeyShare(index, share), participants, blinded)
-    return list(partial.evaluated), partial.proof
-
-
-def own_evaluate(
-    index: int, share: bytes, participants: Sequence[int], blinded: Sequence[bytes]
-) -> tuple[list[bytes], bytes]:
-    """This bureau's own custodian share applied to its own batch (no proof:
-    see `threshold.own_partial_evaluate`); the proof slot is empty."""
-    partial = threshold.own_partial_evaluate(
-        threshold.KeyShare(index, share), participants, blinded
-    )
+    """A custodian's weighted evaluation of a batch, with its proof unless
+    `proven` is false (the proof slot is then empty).  A bureau applies its
+    own share with this too, unproven."""
+    key = threshold.KeyShare(index, share)
+    evaluate = threshold.partial_evaluate if proven else threshold.unproven_partial_evaluate
+    partial = evaluate(key, participants, blinded)
     return list(partial.evaluated), partial.proof
 
 
 @dataclass(frozen=True)
 class FinishedBatch:
-    """Tags for every input, or the custodians whose answers failed verification."""
+    """Tags for every input, or the custodians whose answers failed the check."""
 
     tags: list[bytes]
     bad: dict[int, str]
 
 
+Answer = tuple[int, Sequence[bytes], bytes]  # share index, evaluated elements, proof
+
+
 def finish_batch(
     inputs: Sequence[bytes],
-    blinds: Sequence[bytes],
-    blinded: Sequence[bytes],
-    partials: Sequence[tuple[int, Sequence[bytes], bytes]],
+    batch: BlindedBatch,
+    partials: Sequence[Answer],
     public_shares: Mapping[int, bytes],
     own: int | None = None,
+    check: threshold.BatchCheck | None = None,
+    proven: Sequence[Answer] = (),
 ) -> FinishedBatch:
-    """Verify every custodian's answer, combine, unblind, finalize and truncate.
+    """Check the custodians' answers, combine, unblind, finalize and truncate.
 
-    Every answer is checked (not just up to the first bad one) so the caller
-    learns all custodians to avoid in one round; the partial of share `own`
-    (this bureau's, from `own_evaluate`) is not: it carries no proof.
+    With `check`, `partials` are unproven and `proven` holds every
+    participant's proven answer for `check.composite`
+    (`psi.threshold.checked_finalize`); without, each partial carries its
+    own proof (`verified_finalize`).  Share `own` is this bureau's and is
+    not checked.  Every custodian at fault is named, so the caller avoids
+    all of them in one round.
     """
-    participants = [index for index, _, _ in partials]
-    verified: list[threshold.PartialEvaluation] = []
-    bad: dict[int, str] = {}
-    for index, evaluated, proof in partials:
-        partial = threshold.PartialEvaluation(index, tuple(evaluated), proof)
-        if index == own:
-            verified.append(partial)
-            continue
-        try:
-            threshold.verify_partial(partial, public_shares[index], participants, blinded)
-        except (VerifyError, DeserializeError) as exc:
-            bad[index] = str(exc)
-            continue
-        verified.append(partial)
-    if bad:
-        return FinishedBatch([], bad)
-    outputs = threshold.finalize(inputs, blinds, verified)
+    as_partials = [threshold.PartialEvaluation(i, tuple(e), p) for i, e, p in partials]
+    try:
+        if check is None:
+            outputs = threshold.verified_finalize(
+                inputs, batch.blinds, batch.blinded, as_partials, public_shares, trusted=own
+            )
+        else:
+            outputs = threshold.checked_finalize(
+                inputs,
+                batch.blinds,
+                check,
+                as_partials,
+                [threshold.PartialEvaluation(i, tuple(e), p) for i, e, p in proven],
+                public_shares,
+                trusted=own,
+            )
+    except threshold.PartialsRejected as exc:
+        return FinishedBatch([], exc.by_custodian)
     return FinishedBatch([tags.tag_from_output(o) for o in outputs], {})

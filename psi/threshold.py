@@ -8,10 +8,32 @@ K_i = k_i * G = sum_j i^j * C_j.
 
 A bureau blinds a batch once and sends the same blinded elements B with the
 participant set S (|S| >= t) to every custodian in S.  Custodian i returns
-lambda_i * k_i * B_j for each j, with one batch DLEQ proof (RFC 9497 §2.2)
-that the same scalar maps G to lambda_i * K_i.  The bureau verifies every
-proof, sums the partials and unblinds; since sum_{i in S} lambda_i k_i = k,
-the result is exactly the single-key VOPRF output under k.
+lambda_i * k_i * B_j for each j; since sum_{i in S} lambda_i k_i = k, the
+sums Y_j of the partials are exactly the single-key k * B_j, which the bureau
+unblinds.
+
+Two ways to check the custodians:
+
+* per custodian (`partial_evaluate`, `verify_partial`): each answer carries
+  an RFC 9497 batch DLEQ proof (§2.2) against lambda_i * K_i.  Making and
+  checking the proofs costs three multiplications per element and custodian.
+* per batch (`batch_check`, `checked_finalize`): the custodians answer
+  without proofs (`unproven_partial_evaluate`).  Once every answer is in, the
+  bureau sends each participant one element, M = sum_j d_j * B_j with weights
+  d_j it drew at random and keeps to itself, and gets back W_i = lambda_i *
+  k_i * M with an RFC 9497 proof over that single element.  It accepts the
+  batch iff sum_i W_i == sum_j d_j * Y_j.  Soundness: the proofs make sum_i
+  W_i = k * M, so acceptance means sum_j d_j * (Y_j - k * B_j) = 0; the Y_j
+  were fixed before any custodian saw anything that depends on the d_j, and in
+  a group of prime order q, for any nonzero error vector, at most a 1/q
+  fraction of weight vectors satisfy that.  This is the random-linear-
+  combination batch test (Bellare, Garay and Rabin, 1998) over one DLEQ
+  proof.  Cost per element: the custodians' multiplications and two for the
+  bureau (M, and the combination of the Y_j), whatever t is.  When the check
+  fails, the per-custodian combinations sum_j d_j * Z_ij, compared with each
+  proven W_i, name the custodian that lied.  The extra evaluation of M is an
+  ordinary evaluation of one element: it reveals nothing (M is a uniformly
+  random element) and is metered like any other.
 
 All arithmetic on secret scalars goes through libsodium (constant time);
 Lagrange coefficients depend only on public indices.
@@ -23,21 +45,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from psi import group, oprf
-from psi.errors import InvalidInputError, VerifyError
+from psi.errors import DeserializeError, InvalidInputError, VerifyError
 
 __all__ = [
     "MAX_CUSTODIANS",
+    "BatchCheck",
     "FeldmanCommitments",
     "KeyShare",
     "PartialEvaluation",
+    "PartialsRejected",
+    "batch_check",
+    "checked_finalize",
     "combine",
     "finalize",
     "generate_threshold_key",
     "lagrange_coefficient",
-    "own_partial_evaluate",
     "partial_evaluate",
     "recover_key",
     "split_key",
+    "unproven_partial_evaluate",
+    "verified_finalize",
     "verify_and_combine",
     "verify_partial",
     "verify_share",
@@ -215,15 +242,12 @@ def _partial_evaluate_with(
     return PartialEvaluation(share.index, tuple(evaluated), proof)
 
 
-def own_partial_evaluate(
+def unproven_partial_evaluate(
     share: KeyShare, participants: Sequence[int], blinded_elements: Sequence[bytes]
 ) -> PartialEvaluation:
-    """A custodian's step for its own bureau's batch: lambda_i * k_i * B for
-    each blinded element, without a proof (`proof` is empty).  The proof
-    convinces the bureau that asked; when that bureau holds the share itself
-    it has nobody to convince, and skips making (one composite) and checking
-    (two) it.  Only for partials that `verify_and_combine` / `finalize` get
-    from the caller's own share."""
+    """The custodian's step without a proof (`proof` is empty): lambda_i * k_i
+    * B for each blinded element.  For a batch the bureau checks with
+    `batch_check` and `checked_finalize`, or for the bureau's own share."""
     weight = lagrange_coefficient(share.index, participants)
     weighted_key = group.scalar_mul(weight, share.value)
     return PartialEvaluation(
@@ -296,3 +320,185 @@ def verify_and_combine(
             raise InvalidInputError(f"no public share known for custodian {partial.index}")
         verify_partial(partial, public_shares[partial.index], participants, blinded_elements)
     return combine(partials)
+
+
+def verified_finalize(
+    inputs: Sequence[bytes],
+    blinds: Sequence[bytes],
+    blinded_elements: Sequence[bytes],
+    partials: Sequence[PartialEvaluation],
+    public_shares: Mapping[int, bytes],
+    *,
+    trusted: int | None = None,
+) -> list[bytes]:
+    """RFC 9497 Finalize over partials that each carry a valid proof (share
+    `trusted`, the caller's own, carries none and is not checked).  Every
+    answer is checked, so PartialsRejected names all custodians at fault."""
+    participants = [p.index for p in partials]
+    bad: dict[int, str] = {}
+    for partial in partials:
+        if partial.index == trusted:
+            continue
+        try:
+            if partial.index not in public_shares:
+                raise InvalidInputError(f"no public share known for custodian {partial.index}")
+            verify_partial(partial, public_shares[partial.index], participants, blinded_elements)
+        except (VerifyError, DeserializeError, InvalidInputError) as exc:
+            named = str(exc).startswith(f"custodian {partial.index}")
+            bad[partial.index] = str(exc) if named else f"custodian {partial.index}: {exc}"
+    if bad:
+        raise PartialsRejected(bad)
+    return finalize(inputs, blinds, partials)
+
+
+# -- the per-batch check -----------------------------------------------------
+
+
+class PartialsRejected(VerifyError):
+    """Custodians' answers to one batch failed its check; `by_custodian` maps
+    each share index found at fault to what was wrong with its answer."""
+
+    def __init__(self, by_custodian: Mapping[int, str]) -> None:
+        self.by_custodian = dict(by_custodian)
+        super().__init__("; ".join(self.by_custodian[i] for i in sorted(self.by_custodian)))
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """A bureau's private random combination of one blinded batch.
+
+    `composite` M = sum_j d_j * B_j is what every participant evaluates, with
+    a proof, once all its answers are in; the weights d_j never leave the
+    bureau (a custodian that knew them before answering could hide errors
+    that cancel in the combination).
+    """
+
+    weights: tuple[bytes, ...]
+    composite: bytes
+
+    def __repr__(self) -> str:  # the weights must not reach a log
+        return f"BatchCheck({len(self.weights)} weights, composite={self.composite.hex()})"
+
+
+def batch_check(blinded_elements: Sequence[bytes]) -> BatchCheck:
+    """Fresh random weights for the caller's own blinded batch, and their combination.
+    Draw a new one for every participant set asked (see the module docstring)."""
+    return _batch_check_with(blinded_elements, [group.random_scalar() for _ in blinded_elements])
+
+
+def _batch_check_with(blinded_elements: Sequence[bytes], weights: Sequence[bytes]) -> BatchCheck:
+    if not blinded_elements:
+        raise InvalidInputError("an empty batch has nothing to check")
+    if len(weights) != len(blinded_elements):
+        raise InvalidInputError(f"{len(weights)} weights for {len(blinded_elements)} elements")
+    composite = oprf._weighted_sum(weights, blinded_elements)
+    if composite == group.IDENTITY:  # probability about len/q: draw again
+        raise InvalidInputError("the batch's random combination is the identity")
+    return BatchCheck(tuple(weights), composite)
+
+
+def checked_finalize(
+    inputs: Sequence[bytes],
+    blinds: Sequence[bytes],
+    check: BatchCheck,
+    partials: Sequence[PartialEvaluation],
+    proven: Sequence[PartialEvaluation],
+    public_shares: Mapping[int, bytes],
+    *,
+    trusted: int | None = None,
+) -> list[bytes]:
+    """RFC 9497 Finalize over unproven partials that pass the batch check.
+
+    `partials` are the participants' answers for the batch (proofs ignored),
+    `proven` their answers for `check.composite` alone, each a single element
+    with a DLEQ proof against lambda_i * K_i.  Share `trusted` is the
+    caller's own: its two answers carry no proof and are not checked.
+    Raises PartialsRejected naming every custodian found at fault.
+    """
+    participants = _check_participants([p.index for p in partials])
+    if sorted(p.index for p in proven) != list(participants):
+        raise InvalidInputError("proven evaluations must come from exactly the participants")
+    size = len(check.weights)
+    if not len(inputs) == len(blinds) == size:
+        raise InvalidInputError("inputs, blinds and the batch check differ in length")
+    bad: dict[int, str] = {}
+    for partial in partials:
+        if len(partial.evaluated) != size:
+            got = len(partial.evaluated)
+            bad[partial.index] = f"custodian {partial.index} answered {got} elements for {size}"
+        elif partial.index != trusted:
+            try:  # lengths and the identity: cheap; the encodings count in the sum
+                oprf._check_shapes(partial.evaluated, "evaluated_element")
+            except DeserializeError as exc:
+                bad[partial.index] = f"custodian {partial.index}: {exc}"
+    proven_by: dict[int, bytes] = {}
+    for answer in proven:
+        if answer.index == trusted:
+            proven_by[answer.index] = answer.evaluated[0]
+            continue
+        try:
+            _verify_check_answer(answer, public_shares, participants, check.composite)
+        except (VerifyError, DeserializeError, InvalidInputError) as exc:
+            bad[answer.index] = f"custodian {answer.index}, proving the batch check: {exc}"
+            continue
+        proven_by[answer.index] = answer.evaluated[0]
+    if bad:
+        raise PartialsRejected(bad)
+    total = proven_by[participants[0]]
+    for index in participants[1:]:
+        total = group.element_add(total, proven_by[index])
+    try:
+        combined = combine(partials)
+        passed = group.elements_equal(oprf._weighted_sum(check.weights, combined), total)
+    except RuntimeError:  # a non-canonical element reached libsodium: blame below names it
+        passed = False
+    if not passed:
+        raise PartialsRejected(_blame(check, partials, proven_by, trusted))
+    return oprf._unblind_and_hash(inputs, blinds, combined, None)
+
+
+def _verify_check_answer(
+    answer: PartialEvaluation,
+    public_shares: Mapping[int, bytes],
+    participants: Sequence[int],
+    composite: bytes,
+) -> None:
+    if answer.index not in public_shares:
+        raise InvalidInputError(f"no public share known for custodian {answer.index}")
+    if len(answer.evaluated) != 1:
+        raise VerifyError(f"answered {len(answer.evaluated)} elements for 1")
+    weight = lagrange_coefficient(answer.index, participants)
+    weighted_public = group.scalar_mult(
+        weight, group.decode_element(public_shares[answer.index], name="public share")
+    )
+    oprf.verify_evaluation_proof(weighted_public, [composite], answer.evaluated, answer.proof, MODE)
+
+
+def _blame(
+    check: BatchCheck,
+    partials: Sequence[PartialEvaluation],
+    proven_by: Mapping[int, bytes],
+    trusted: int | None,
+) -> dict[int, str]:
+    """Who made the batch check fail: each custodian's own combination of its
+    answers against its proven evaluation of the combined element."""
+    bad: dict[int, str] = {}
+    for partial in partials:
+        if partial.index == trusted:
+            continue
+        try:
+            mine = oprf._weighted_sum(check.weights, partial.evaluated, "evaluated_element")
+        except DeserializeError as exc:
+            bad[partial.index] = f"custodian {partial.index}: {exc}"
+            continue
+        if not group.elements_equal(mine, proven_by[partial.index]):
+            bad[partial.index] = (
+                f"custodian {partial.index}: its answers for the batch do not match "
+                "its proven evaluation of their random combination"
+            )
+    if not bad:  # every other answer checks out: the caller's own two disagree
+        raise VerifyError(
+            f"the batch check failed on the caller's own share {trusted}: its answer "
+            "for the batch and its answer for the combination disagree"
+        )
+    return bad

@@ -127,7 +127,11 @@ class Dishonest(CustodianService):
         reply = custodian_pb2.EvaluateResponse()
         reply.CopyFrom(honest)
         elements = list(reply.evaluated_elements)
-        if self.lie == "replay":
+        if self.lie == "wrong_element_in_batch_only":
+            if not request.unproven:  # honest about the check's combination
+                return honest
+            elements[-1] = group.scalar_mult_base(group.random_scalar())
+        elif self.lie == "replay":
             if self.first is None:
                 self.first = honest  # the first answer is honest and remembered
                 return honest
@@ -157,15 +161,21 @@ LIES = [
     "identity",
     "short",
     "garbage_proof",
+    "wrong_element_in_batch_only",
 ]
 
 
 async def _enroll_with_liar(
-    root: Path, tmp: Path, executor: ThreadPoolExecutor, lie: str, honest: list[str]
+    root: Path,
+    tmp: Path,
+    executor: ThreadPoolExecutor,
+    lie: str,
+    honest: list[str],
+    batch_size: int = 4,
 ) -> tuple[Any, Any, list[bytes], set[bytes], dict[str, str]]:
     hub = InProcessHub(root, tmp / "hub.sqlite")
     custodians = Custodians(root, executor)
-    agent = InProcessAgent(root, "USA", tmp / "usa", executor, batch_size=4)
+    agent = InProcessAgent(root, "USA", tmp / "usa", executor, batch_size=batch_size)
     path, schema, inputs = write_file(tmp / "data", range(ROWS))
     try:
         await hub.start()
@@ -204,12 +214,18 @@ def pki_clear_address(root: Path, code: str) -> None:
     set_address(root, code, "")
 
 
-@pytest.mark.parametrize("lie", LIES)
+# Batches of 4 are checked by a proof in every answer, batches of 12 by the
+# per-batch check (unproven answers, one proven random combination; the last
+# lie is only told there).
+@pytest.mark.parametrize(
+    ("lie", "batch_size"),
+    [(lie, size) for lie in LIES for size in (4, ROWS) if size == ROWS or "only" not in lie],
+)
 def test_dishonest_custodian_is_named_skipped_and_nothing_wrong_is_enrolled(
-    federation: Path, tmp_path: Path, executor: ThreadPoolExecutor, lie: str
+    federation: Path, tmp_path: Path, executor: ThreadPoolExecutor, lie: str, batch_size: int
 ) -> None:
     outcome, listed, inputs, stored, errors = run(
-        _enroll_with_liar(federation, tmp_path, executor, lie, ["DEU", "BRA"])
+        _enroll_with_liar(federation, tmp_path, executor, lie, ["DEU", "BRA"], batch_size)
     )
     assert not isinstance(outcome, grpc.aio.AioRpcError), outcome
     assert outcome.accepted == ROWS and outcome.version == 1
@@ -221,12 +237,21 @@ def test_dishonest_custodian_is_named_skipped_and_nothing_wrong_is_enrolled(
     count("dishonest custodian, n > t")
 
 
-@pytest.mark.parametrize("lie", ["other_key", "replay", "non_canonical"])
+@pytest.mark.parametrize(
+    ("lie", "batch_size"),
+    [
+        ("other_key", 4),
+        ("replay", 4),
+        ("non_canonical", 4),
+        ("other_key", ROWS),
+        ("wrong_element_in_batch_only", ROWS),
+    ],
+)
 def test_dishonest_custodian_at_n_equals_t_fails_and_enrolls_nothing(
-    federation: Path, tmp_path: Path, executor: ThreadPoolExecutor, lie: str
+    federation: Path, tmp_path: Path, executor: ThreadPoolExecutor, lie: str, batch_size: int
 ) -> None:
     outcome, listed, _, stored, errors = run(
-        _enroll_with_liar(federation, tmp_path, executor, lie, ["DEU"])
+        _enroll_with_liar(federation, tmp_path, executor, lie, ["DEU"], batch_size)
     )
     assert isinstance(outcome, grpc.aio.AioRpcError)
     assert outcome.code() is grpc.StatusCode.UNAVAILABLE

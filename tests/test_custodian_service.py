@@ -4,6 +4,7 @@ in one event loop: argument checks, failover, and a dishonest custodian."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -255,6 +256,43 @@ def test_custodian_refuses_bad_arguments(federation: Path, executor: ThreadPoolE
     )
     assert seen["identity"][0] is grpc.StatusCode.INVALID_ARGUMENT
     assert "blinded_element[1] is the identity" in seen["identity"][1]
+
+
+def test_an_unproven_answer_is_the_proven_one_without_its_proof(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    """`unproven` drops the proof and nothing else."""
+
+    async def main() -> tuple[Any, Any, Any]:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA")
+            address = fed.cache.get().bureau("FRA").address
+            creds = pki.TlsFiles.in_folder(federation / "bureaus" / "USA").channel_credentials()
+            _, blinded = oprf.blind_batch([b"x", b"y", b"z"], Mode.VOPRF)
+            async with grpc.aio.secure_channel(address, creds) as channel:
+                stub = custodian_pb2_grpc.CustodianStub(channel)
+                ask = functools.partial(custodian_pb2.EvaluateRequest, epoch=1, participants=[1, 3])
+                proven = await stub.Evaluate(ask(blinded_elements=blinded), timeout=5)
+                unproven = await stub.Evaluate(
+                    ask(blinded_elements=blinded, unproven=True), timeout=5
+                )
+        finally:
+            await fed.close()
+        return blinded, proven, unproven
+
+    blinded, proven, unproven = run(main())
+    assert len(proven.proof) == oprf.PROOF_LENGTH and unproven.proof == b""
+    assert list(unproven.evaluated_elements) == list(proven.evaluated_elements)
+    assert (unproven.share_index, unproven.epoch) == (1, 1)
+    d = pki.load_directory(federation / "directory.json", federation / "ca" / "ca.crt")
+    public = threshold.FeldmanCommitments(d.epochs[1].commitments).public_share(1)
+    threshold.verify_partial(
+        threshold.PartialEvaluation(1, tuple(proven.evaluated_elements), proven.proof),
+        public,
+        (1, 3),
+        blinded,
+    )
 
 
 def test_caller_outside_the_directory_is_refused(

@@ -28,10 +28,11 @@ def test_public_names() -> None:
         "verifiable_finalize_batch", "verify_evaluation_proof", "verify_proof",
     }  # fmt: skip
     assert set(threshold.__all__) == {
-        "MAX_CUSTODIANS", "FeldmanCommitments", "KeyShare", "PartialEvaluation", "combine",
-        "finalize", "generate_threshold_key", "lagrange_coefficient", "own_partial_evaluate",
-        "partial_evaluate", "recover_key", "split_key", "verify_and_combine", "verify_partial",
-        "verify_share",
+        "MAX_CUSTODIANS", "BatchCheck", "FeldmanCommitments", "KeyShare", "PartialEvaluation",
+        "PartialsRejected", "batch_check", "checked_finalize", "combine", "finalize",
+        "generate_threshold_key", "lagrange_coefficient", "partial_evaluate", "recover_key",
+        "split_key", "unproven_partial_evaluate", "verified_finalize", "verify_and_combine",
+        "verify_partial", "verify_share",
     }  # fmt: skip
     assert set(tags.__all__) == {"TAG_LENGTH", "tag_from_output"}
     for module in (group, oprf, tags, threshold):

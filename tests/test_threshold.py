@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from psi.threshold import KeyShare, PartialEvaluation
 
 MODE = Mode.VOPRF
 Setup = tuple[tuple[KeyShare, ...], threshold.FeldmanCommitments]
+Lie = Callable[[int, list[bytes], threshold.BatchCheck], list[bytes]]
 
 
 def threshold_outputs(
@@ -64,15 +66,18 @@ def test_a_custodians_own_unproven_partial_gives_the_same_output(
     subset = tuple(sorted(data.draw(st.sets(st.integers(1, n), min_size=t, max_size=t))))
     own = data.draw(st.sampled_from(subset))
     blinds, blinded = oprf.blind_batch(xs, MODE)
-    mine = threshold.own_partial_evaluate(shares[own - 1], subset, blinded)
+    mine = threshold.unproven_partial_evaluate(shares[own - 1], subset, blinded)
     assert mine.proof == b""
     others = [
         threshold.partial_evaluate(shares[i - 1], subset, blinded) for i in subset if i != own
     ]
-    for partial in others:
-        threshold.verify_partial(partial, commitments.public_share(partial.index), subset, blinded)
-    outputs = threshold.finalize(xs, blinds, [mine, *others])
+    public = {i: commitments.public_share(i) for i in subset}
+    outputs = threshold.verified_finalize(xs, blinds, blinded, [mine, *others], public, trusted=own)
     assert outputs == [oprf.evaluate(key, x, MODE) for x in xs]
+    # Not trusted, the unproven partial is rejected, by name.
+    with pytest.raises(threshold.PartialsRejected, match=f"custodian {own}") as caught:
+        threshold.verified_finalize(xs, blinds, blinded, [mine, *others], public)
+    assert set(caught.value.by_custodian) == {own}
     # The unproven partial is the proven one without its proof.
     assert (
         mine.evaluated
@@ -80,6 +85,229 @@ def test_a_custodians_own_unproven_partial_gives_the_same_output(
             shares[own - 1], subset, blinded, group.random_scalar()
         ).evaluated
     )
+
+
+# -- the per-batch check ---------------------------------------------------------------
+
+
+def checked(
+    shares: tuple[KeyShare, ...],
+    commitments: threshold.FeldmanCommitments,
+    subset: tuple[int, ...],
+    xs: list[bytes],
+    lie: Lie | None = None,
+    prove: Callable[[int, PartialEvaluation], PartialEvaluation] | None = None,
+    trusted: int | None = None,
+) -> list[bytes]:
+    """The bureau-side flow with the per-batch check.  `lie(index, answer,
+    check)` may change custodian `index`'s unproven answer for the batch,
+    `prove(index, answer)` its proven answer for the combination."""
+    blinds, blinded = oprf.blind_batch(xs, MODE)
+    check = threshold.batch_check(blinded)
+    partials, proven = [], []
+    for i in subset:
+        answer = list(threshold.unproven_partial_evaluate(shares[i - 1], subset, blinded).evaluated)
+        if lie is not None:
+            answer = lie(i, answer, check)
+        partials.append(PartialEvaluation(i, tuple(answer), b""))
+        one = threshold.partial_evaluate(shares[i - 1], subset, [check.composite])
+        proven.append(prove(i, one) if prove is not None else one)
+    public = {i: commitments.public_share(i) for i in subset}
+    return threshold.checked_finalize(xs, blinds, check, partials, proven, public, trusted=trusted)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    t_n=st.tuples(st.integers(1, 4), st.integers(0, 2)).map(lambda p: (p[0], p[0] + p[1])),
+    xs=st.lists(st.binary(max_size=20), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_the_batch_check_passes_honest_answers_with_the_single_key_output(
+    t_n: tuple[int, int], xs: list[bytes], data: st.DataObject
+) -> None:
+    t, n = t_n
+    key = group.random_scalar()
+    shares, commitments = threshold.split_key(key, t, n)
+    subset = tuple(sorted(data.draw(st.sets(st.integers(1, n), min_size=t, max_size=n))))
+    trusted = data.draw(st.sampled_from([None, *subset]))
+
+    def unproven_own(i: int, answer: PartialEvaluation) -> PartialEvaluation:
+        return PartialEvaluation(i, answer.evaluated, b"") if i == trusted else answer
+
+    expected = [oprf.evaluate(key, x, MODE) for x in xs]
+    assert checked(shares, commitments, subset, xs, prove=unproven_own, trusted=trusted) == expected
+
+
+LIES: dict[str, Lie] = {
+    "doubled": lambda i, a, c: [*a[:-1], group.scalar_mult(group.scalar_from_int(2), a[-1])],
+    "random element": lambda i, a, c: [group.scalar_mult_base(group.random_scalar()), *a[1:]],
+    "swapped": lambda i, a, c: [a[-1], *a[1:-1], a[0]] if len(a) > 1 else [a[0]] * 2,
+    "non-canonical": lambda i, a, c: [*a[:-1], b"\xff" * 32],
+    "identity": lambda i, a, c: [group.IDENTITY, *a[1:]],
+    "short": lambda i, a, c: a[:-1],
+    "too long": lambda i, a, c: [*a, a[0]],
+    "wrong length": lambda i, a, c: [a[0][:31], *a[1:]],
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lie=st.sampled_from(sorted(LIES)),
+    liars=st.sets(st.sampled_from([1, 3, 4]), min_size=1, max_size=3),
+    size=st.integers(1, 6),
+)
+def test_every_lie_in_the_batch_is_caught_and_only_liars_are_named(
+    setup_3_of_4: Setup, lie: str, liars: set[int], size: int
+) -> None:
+    shares, commitments = setup_3_of_4
+    xs = [bytes([j]) for j in range(size)]
+    if lie == "swapped" and size == 1:
+        lie = "doubled"  # nothing to swap
+    forge = LIES[lie]
+    with pytest.raises(threshold.PartialsRejected) as caught:
+        checked(
+            shares,
+            commitments,
+            (1, 3, 4),
+            xs,
+            lie=lambda i, a, c: forge(i, a, c) if i in liars else a,
+        )
+    assert set(caught.value.by_custodian) == liars, (lie, caught.value.by_custodian)
+    for index, why in caught.value.by_custodian.items():
+        assert why.startswith(f"custodian {index}"), why
+    if lie == "non-canonical":
+        assert "not a canonical ristretto255 encoding" in str(caught.value)
+
+
+def test_answers_from_another_key_batch_or_participant_set_are_caught(
+    setup_3_of_4: Setup,
+) -> None:
+    shares, commitments = setup_3_of_4
+    xs = [b"a", b"b", b"c"]
+    _, other_batch = oprf.blind_batch(xs, MODE)
+    other_key = KeyShare(3, group.random_scalar())
+    other_set = group.scalar_mul(
+        threshold.lagrange_coefficient(3, (1, 2, 3)),
+        group.scalar_invert(threshold.lagrange_coefficient(3, (1, 3, 4))),
+    )
+    answers: dict[str, Lie] = {
+        "another key": lambda i, a, c: list(
+            threshold.unproven_partial_evaluate(other_key, (1, 3, 4), other_batch).evaluated
+        ),
+        "another batch": lambda i, a, c: list(
+            threshold.unproven_partial_evaluate(shares[2], (1, 3, 4), other_batch).evaluated
+        ),
+        # lambda_3 for {1, 2, 3} instead of {1, 3, 4}, on the right batch
+        "another participant set": lambda i, a, c: [group.scalar_mult(other_set, e) for e in a],
+    }
+    for what, forge in answers.items():
+
+        def only_3(
+            i: int, a: list[bytes], c: threshold.BatchCheck, forge: Lie = forge
+        ) -> list[bytes]:
+            return forge(i, a, c) if i == 3 else a
+
+        with pytest.raises(threshold.PartialsRejected) as caught:
+            checked(shares, commitments, (1, 3, 4), xs, lie=only_3)
+        assert set(caught.value.by_custodian) == {3}, what
+
+
+@pytest.mark.parametrize("lie", ["other key", "garbage proof", "two elements", "identity"])
+def test_a_lie_about_the_combination_is_caught(setup_3_of_4: Setup, lie: str) -> None:
+    shares, commitments = setup_3_of_4
+
+    def prove(i: int, answer: PartialEvaluation) -> PartialEvaluation:
+        if i != 4:
+            return answer
+        if lie == "other key":
+            return threshold.partial_evaluate(
+                KeyShare(4, group.random_scalar()),
+                (1, 3, 4),
+                [group.scalar_mult_base(group.random_scalar())],
+            )
+        if lie == "garbage proof":
+            return PartialEvaluation(i, answer.evaluated, bytes(reversed(answer.proof)))
+        if lie == "two elements":
+            return PartialEvaluation(i, answer.evaluated * 2, answer.proof)
+        return PartialEvaluation(i, (group.IDENTITY,), answer.proof)
+
+    with pytest.raises(
+        threshold.PartialsRejected, match="custodian 4, proving the batch check"
+    ) as caught:
+        checked(shares, commitments, (1, 3, 4), [b"a", b"b"], prove=prove)
+    assert set(caught.value.by_custodian) == {4}
+
+
+def test_errors_that_cancel_out_leave_the_output_right(setup_3_of_4: Setup) -> None:
+    """Two custodians may shift their answers by opposite amounts: the sums,
+    hence the tags, are exactly right, which is all the check promises."""
+    shares, commitments = setup_3_of_4
+    key = threshold.recover_key(shares)
+    shift = group.scalar_mult_base(group.random_scalar())
+    xs = [b"a", b"b"]
+
+    def lie(i: int, answer: list[bytes], check: threshold.BatchCheck) -> list[bytes]:
+        if i == 1:
+            return [group.element_add(answer[0], shift), *answer[1:]]
+        if i == 3:
+            return [group.element_sub(answer[0], shift), *answer[1:]]
+        return answer
+
+    assert checked(shares, commitments, (1, 3, 4), xs, lie=lie) == [
+        oprf.evaluate(key, x, MODE) for x in xs
+    ]
+
+
+def test_a_custodian_that_knew_the_weights_could_hide_an_error(setup_3_of_4: Setup) -> None:
+    """Why the weights never leave the bureau: with them, an error on one
+    element is cancelled by a matching one on another and passes the check."""
+    shares, commitments = setup_3_of_4
+    key = threshold.recover_key(shares)
+    xs = [b"a", b"b"]
+
+    def lie(i: int, answer: list[bytes], check: threshold.BatchCheck) -> list[bytes]:
+        if i != 3:
+            return answer
+        # e_0 = E, e_1 = -(d_0 / d_1) E: sum_j d_j e_j = 0.
+        error = group.scalar_mult_base(group.random_scalar())
+        ratio = group.scalar_mul(check.weights[0], group.scalar_invert(check.weights[1]))
+        return [
+            group.element_add(answer[0], error),
+            group.element_sub(answer[1], group.scalar_mult(ratio, error)),
+        ]
+
+    outputs = checked(shares, commitments, (1, 3, 4), xs, lie=lie)
+    assert outputs != [oprf.evaluate(key, x, MODE) for x in xs]
+
+
+def test_own_answers_that_disagree_are_reported_as_the_callers_own(
+    setup_3_of_4: Setup,
+) -> None:
+    """The caller's own share is not checked (it passed its Feldman check when
+    loaded); if its two answers disagree, no custodian is blamed for it."""
+    shares, commitments = setup_3_of_4
+    two = group.scalar_from_int(2)
+
+    def prove(i: int, answer: PartialEvaluation) -> PartialEvaluation:
+        if i != 3:
+            return answer
+        return PartialEvaluation(i, (group.scalar_mult(two, answer.evaluated[0]),), b"")
+
+    with pytest.raises(VerifyError, match="caller's own share 3") as caught:
+        checked(shares, commitments, (1, 3, 4), [b"a"], prove=prove, trusted=3)
+    assert not isinstance(caught.value, threshold.PartialsRejected)
+
+
+def test_the_batch_check_keeps_its_weights_out_of_reprs_and_refuses_bad_shapes() -> None:
+    _, blinded = oprf.blind_batch([b"a", b"b"], MODE)
+    check = threshold.batch_check(blinded)
+    assert len(check.weights) == 2 and check.composite != group.IDENTITY
+    assert all(w.hex() not in repr(check) for w in check.weights)
+    assert check != threshold.batch_check(blinded)  # fresh weights every time
+    with pytest.raises(InvalidInputError, match="empty batch"):
+        threshold.batch_check([])
+    with pytest.raises(InvalidInputError, match="1 weights for 2 elements"):
+        threshold._batch_check_with(blinded, check.weights[:1])
 
 
 @settings(max_examples=10, deadline=None)
@@ -122,6 +350,11 @@ def test_share_repr_does_not_leak_the_secret() -> None:
 @pytest.fixture(scope="module")
 def setup_2_of_3() -> Setup:
     return threshold.generate_threshold_key(2, 3)
+
+
+@pytest.fixture(scope="module")
+def setup_3_of_4() -> Setup:
+    return threshold.generate_threshold_key(3, 4)
 
 
 def _partials(

@@ -23,7 +23,8 @@ class CountingExecutor(ThreadPoolExecutor):
 
 def blind(executor: CountingExecutor, count: int) -> tuple[list[bytes], list[bytes]]:
     inputs = [f"input {i}".encode() for i in range(count)]
-    return asyncio.run(work.run_job(executor, count, work.blind_chunk, inputs))
+    batch = asyncio.run(work.run_job(executor, count, work.blind_chunk, inputs))
+    return batch.blinds, batch.blinded
 
 
 def test_a_query_sized_job_runs_inline_and_a_batch_in_the_pool() -> None:

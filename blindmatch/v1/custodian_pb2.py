@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from blindmatch.v1 import audit_pb2 as blindmatch_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62lindmatch/v1/custodian.proto\x12\rblindmatch.v1\x1a\x19\x62lindmatch/v1/audit.proto\"\"\n\x11GetKeyInfoRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\"\xac\x01\n\x07KeyInfo\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x13\n\x0bshare_index\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x12\n\ncustodians\x18\x04 \x01(\r\x12\x14\n\x0cpublic_share\x18\x05 \x01(\x0c\x12\x18\n\x10group_public_key\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63ommitments\x18\x07 \x03(\x0c\x12\x11\n\tcustodian\x18\x08 \x01(\t\"P\n\x0f\x45valuateRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x03(\r\x12\x18\n\x10\x62linded_elements\x18\x03 \x03(\x0c\"a\n\x10\x45valuateResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x13\n\x0bshare_index\x18\x02 \x01(\r\x12\x1a\n\x12\x65valuated_elements\x18\x03 \x03(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\x32\xf2\x01\n\tCustodian\x12\x46\n\nGetKeyInfo\x12 .blindmatch.v1.GetKeyInfoRequest\x1a\x16.blindmatch.v1.KeyInfo\x12K\n\x08\x45valuate\x12\x1e.blindmatch.v1.EvaluateRequest\x1a\x1f.blindmatch.v1.EvaluateResponse\x12P\n\x10\x45xchangeTreeHead\x12\x1d.blindmatch.v1.SignedTreeHead\x1a\x1d.blindmatch.v1.SignedTreeHeadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62lindmatch/v1/custodian.proto\x12\rblindmatch.v1\x1a\x19\x62lindmatch/v1/audit.proto\"\"\n\x11GetKeyInfoRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\"\xac\x01\n\x07KeyInfo\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x13\n\x0bshare_index\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x12\n\ncustodians\x18\x04 \x01(\r\x12\x14\n\x0cpublic_share\x18\x05 \x01(\x0c\x12\x18\n\x10group_public_key\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63ommitments\x18\x07 \x03(\x0c\x12\x11\n\tcustodian\x18\x08 \x01(\t\"b\n\x0f\x45valuateRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x03(\r\x12\x18\n\x10\x62linded_elements\x18\x03 \x03(\x0c\x12\x10\n\x08unproven\x18\x04 \x01(\x08\"a\n\x10\x45valuateResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x13\n\x0bshare_index\x18\x02 \x01(\r\x12\x1a\n\x12\x65valuated_elements\x18\x03 \x03(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\x32\xf2\x01\n\tCustodian\x12\x46\n\nGetKeyInfo\x12 .blindmatch.v1.GetKeyInfoRequest\x1a\x16.blindmatch.v1.KeyInfo\x12K\n\x08\x45valuate\x12\x1e.blindmatch.v1.EvaluateRequest\x1a\x1f.blindmatch.v1.EvaluateResponse\x12P\n\x10\x45xchangeTreeHead\x12\x1d.blindmatch.v1.SignedTreeHead\x1a\x1d.blindmatch.v1.SignedTreeHeadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYINFO']._serialized_start=112
   _globals['_KEYINFO']._serialized_end=284
   _globals['_EVALUATEREQUEST']._serialized_start=286
-  _globals['_EVALUATEREQUEST']._serialized_end=366
-  _globals['_EVALUATERESPONSE']._serialized_start=368
-  _globals['_EVALUATERESPONSE']._serialized_end=465
-  _globals['_CUSTODIAN']._serialized_start=468
-  _globals['_CUSTODIAN']._serialized_end=710
+  _globals['_EVALUATEREQUEST']._serialized_end=384
+  _globals['_EVALUATERESPONSE']._serialized_start=386
+  _globals['_EVALUATERESPONSE']._serialized_end=483
+  _globals['_CUSTODIAN']._serialized_start=486
+  _globals['_CUSTODIAN']._serialized_end=728
 # @@protoc_insertion_point(module_scope)

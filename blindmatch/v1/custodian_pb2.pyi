@@ -94,7 +94,15 @@ class EvaluateRequest(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     BLINDED_ELEMENTS_FIELD_NUMBER: _builtins.int
+    UNPROVEN_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
+    unproven: _builtins.bool
+    """Answer without a proof (`proof` empty).  The caller checks the batch by
+    asking every participant for a proven evaluation of one secret random
+    combination of these elements (psi.threshold.batch_check): a third of
+    the custodian's work.  A custodian that predates this field ignores it
+    and proves as before.
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The share indices taking part; the custodian weights its share with its
@@ -111,10 +119,11 @@ class EvaluateRequest(_message.Message):
         epoch: _builtins.int = ...,
         participants: _abc.Iterable[_builtins.int] | None = ...,
         blinded_elements: _abc.Iterable[_builtins.bytes] | None = ...,
+        unproven: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinded_elements", b"blinded_elements", "epoch", b"epoch", "participants", b"participants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinded_elements", b"blinded_elements", "epoch", b"epoch", "participants", b"participants", "unproven", b"unproven"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,7 +140,7 @@ class EvaluateResponse(_message.Message):
     epoch: _builtins.int
     share_index: _builtins.int
     proof: _builtins.bytes
-    """64 bytes: challenge || response"""
+    """64 bytes: challenge || response; empty when `unproven` was asked"""
     @_builtins.property
     def evaluated_elements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(

@@ -64,7 +64,8 @@ class CustodianServicer:
 
     def Evaluate(self, request, context):
         """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
-        against lambda_i * K_i (RFC 9497 section 2.2).
+        against lambda_i * K_i (RFC 9497 section 2.2), or without a proof when
+        the caller checks the batch itself (`unproven`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,8 @@ class CustodianStub:
     """Public facts about the share this custodian holds for an epoch."""
     Evaluate: _grpc.UnaryUnaryMultiCallable[_custodian_pb2.EvaluateRequest, _custodian_pb2.EvaluateResponse]
     """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
-    against lambda_i * K_i (RFC 9497 section 2.2).
+    against lambda_i * K_i (RFC 9497 section 2.2), or without a proof when
+    the caller checks the batch itself (`unproven`).
     """
     ExchangeTreeHead: _grpc.UnaryUnaryMultiCallable[_audit_pb2.SignedTreeHead, _audit_pb2.SignedTreeHead]
     """Audit gossip: the caller shows the latest hub tree head it saw and gets
@@ -54,7 +55,8 @@ class CustodianAsyncStub(CustodianStub):
     """Public facts about the share this custodian holds for an epoch."""
     Evaluate: _aio.UnaryUnaryMultiCallable[_custodian_pb2.EvaluateRequest, _custodian_pb2.EvaluateResponse]  # type: ignore[assignment]
     """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
-    against lambda_i * K_i (RFC 9497 section 2.2).
+    against lambda_i * K_i (RFC 9497 section 2.2), or without a proof when
+    the caller checks the batch itself (`unproven`).
     """
     ExchangeTreeHead: _aio.UnaryUnaryMultiCallable[_audit_pb2.SignedTreeHead, _audit_pb2.SignedTreeHead]  # type: ignore[assignment]
     """Audit gossip: the caller shows the latest hub tree head it saw and gets
@@ -78,7 +80,8 @@ class CustodianServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_custodian_pb2.EvaluateResponse, _abc.Awaitable[_custodian_pb2.EvaluateResponse]]:
         """lambda_i * k_i * B for each blinded element B, with one batch DLEQ proof
-        against lambda_i * K_i (RFC 9497 section 2.2).
+        against lambda_i * K_i (RFC 9497 section 2.2), or without a proof when
+        the caller checks the batch itself (`unproven`).
         """
 
     @_abc_1.abstractmethod
