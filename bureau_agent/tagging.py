@@ -294,6 +294,7 @@ class ThresholdTagger:
                 check = await work.run_job(
                     self._executor, len(inputs), work.new_check, batch.blinded
                 )
+                shown = False
             participants = sorted(c.index for c in chosen)
             ask = functools.partial(
                 self._ask, chosen, entry.epoch, participants, excluded=excluded, transient=transient

@@ -55,7 +55,8 @@ class Federation:
         share: threshold.KeyShare | None = None,
         quota: TokenBuckets | None = None,
         epochs: tuple[int, ...] = (1,),
-    ) -> None:
+        service: type[CustodianService] = CustodianService,
+    ) -> CustodianService:
         held = ceremony.load_shares(
             [ceremony.share_path(self.root, e, code) for e in epochs], self.cache.get(), code
         )
@@ -64,10 +65,8 @@ class Federation:
             first = loaded[0]
             loaded[0] = ceremony.CustodianShare(code, first.epoch, share, first.commitments)
         server = grpc.aio.server()
-        custodian_pb2_grpc.add_CustodianServicer_to_server(
-            CustodianService(loaded, self.cache.get, self.executor, max_batch=64, quota=quota),
-            server,
-        )
+        servicer = service(loaded, self.cache.get, self.executor, max_batch=64, quota=quota)
+        custodian_pb2_grpc.add_CustodianServicer_to_server(servicer, server)
         tls = pki.TlsFiles.in_folder(self.root / "bureaus" / code)
         port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
         await server.start()
@@ -80,6 +79,7 @@ class Federation:
             return d.replace(bureaus={**d.bureaus, code: entry})
 
         pki.update_directory(self.root, change)
+        return servicer
 
     async def stop(self, code: str) -> None:
         await self.servers.pop(code).stop(None)
@@ -181,6 +181,63 @@ def test_dishonest_custodian_is_named_and_skipped(
     out, errors = run(main())
     assert out == expected_tags(federation, INPUTS)  # nothing wrong was produced
     assert "FRA" in errors and "invalid answer" in errors["FRA"]
+
+
+class Recording(CustodianService):
+    """An honest custodian that remembers the requests it was asked to prove."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proven_requests: list[list[bytes]] = []
+
+    async def Evaluate(
+        self, request: custodian_pb2.EvaluateRequest, context: Any
+    ) -> custodian_pb2.EvaluateResponse:
+        if not request.unproven:
+            self.proven_requests.append(list(request.blinded_elements))
+        return await super().Evaluate(request, context)
+
+
+class LiesInTheBatch(CustodianService):
+    """Honest about the check's combination, wrong about one element of a batch."""
+
+    async def Evaluate(
+        self, request: custodian_pb2.EvaluateRequest, context: Any
+    ) -> custodian_pb2.EvaluateResponse:
+        reply = await super().Evaluate(request, context)
+        if request.unproven:
+            reply.evaluated_elements[-1] = group.scalar_mult_base(group.random_scalar())
+        return reply
+
+
+def test_a_batch_asked_again_after_a_failed_check_gets_a_fresh_combination(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    """FRA lies about one element; FRA and DEU are asked first, the check
+    fails and the per-custodian combinations name FRA; DEU and BRA are then
+    asked with another combination, never the one FRA has seen."""
+
+    async def main() -> tuple[list[bytes], dict[str, str], Recording, Recording]:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA", service=LiesInTheBatch)
+            deu = await fed.start("DEU", service=Recording)
+            bra = await fed.start("BRA", service=Recording)
+            tagger = fed.tagger()
+            out = await tagger.tag(INPUTS)
+            await tagger.close()
+        finally:
+            await fed.close()
+        assert isinstance(deu, Recording) and isinstance(bra, Recording)
+        return out, tagger.stats.custodian_errors, deu, bra
+
+    out, errors, deu, bra = run(main())
+    assert out == expected_tags(federation, INPUTS)
+    assert set(errors) == {"FRA"}
+    assert "do not match its proven evaluation" in errors["FRA"], errors
+    first, second = deu.proven_requests  # one element each: the combinations
+    assert len(first) == len(second) == 1 and first != second
+    assert bra.proven_requests == [second]
 
 
 def test_too_few_custodians_fails_naming_each(
