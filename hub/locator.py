@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -97,11 +98,10 @@ class Run:
         return at
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A (dataset, generation) that may hold the tag at `index` of a lookup."""
+class Candidate(NamedTuple):
+    """A (dataset, generation) that may hold the tag at `position` of a lookup."""
 
-    index: int
+    position: int
     dataset_id: int
     gen: int
 
@@ -222,15 +222,16 @@ class TagLocator:
         return tuple(kept)
 
     def candidates(self, tags: Sequence[bytes]) -> list[Candidate]:
-        """Each (index into `tags`, dataset, gen) that may hold that tag,
-        ordered by index."""
+        """Each (position in `tags`, dataset, gen) that may hold that tag,
+        ordered by position."""
         state = self._state
         if not tags or not state.runs:
             return []
         if len(tags) <= _FEW:
             return self._candidates_of_few(tags, state)
         needles = prefixes_of(tags)
-        found: set[tuple[int, int]] = set()
+        indices: list[npt.NDArray[np.intp]] = []
+        slots: list[Slots] = []
         for run in state.runs:
             size = run.size
             at = run.search(needles)
@@ -239,12 +240,21 @@ class TagLocator:
             live = np.flatnonzero(at < size)
             live = live[run.prefixes[at[live]] == needles[live]]
             while live.size:
-                found.update(zip(live.tolist(), run.slots[at[live]].tolist(), strict=True))
+                indices.append(live)
+                slots.append(run.slots[at[live]])
                 at[live] += 1
                 live = live[at[live] < size]
                 live = live[run.prefixes[at[live]] == needles[live]]
+        if not indices:
+            return []
+        # (index, slot) as one integer: unique and ordered by index in one call.
         pairs = state.pairs
-        return [Candidate(i, *pairs[s]) for i, s in sorted(found)]
+        width = len(pairs)
+        keys = np.unique(np.concatenate(indices) * width + np.concatenate(slots))
+        return [
+            Candidate(i, *pairs[s])
+            for i, s in zip((keys // width).tolist(), (keys % width).tolist(), strict=True)
+        ]
 
     @staticmethod
     def _candidates_of_few(tags: Sequence[bytes], state: _State) -> list[Candidate]:

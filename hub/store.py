@@ -503,7 +503,7 @@ class _SqliteDb(MatchIdsOf):
         # Only the locator's candidates are deduplicated and sorted: a bulk
         # batch's 10,000 tags are mostly misses.
         probes = sorted(
-            {(c.dataset_id, c.gen, tags[c.index]) for c in self._locator.candidates(tags)}
+            {(c.dataset_id, c.gen, tags[c.position]) for c in self._locator.candidates(tags)}
         )
         found: list[TagRow] = []
         # One statement per chunk of probes: the key lookups run in SQLite's loop.

@@ -23,8 +23,8 @@ def expected(model: Model, tags: Sequence[bytes]) -> set[tuple[int, int, int]]:
 
 def found(locator: TagLocator, tags: Sequence[bytes]) -> set[tuple[int, int, int]]:
     result = locator.candidates(tags)
-    assert [c.index for c in result] == sorted(c.index for c in result)
-    return {(c.index, c.dataset_id, c.gen) for c in result}
+    assert [c.position for c in result] == sorted(c.position for c in result)
+    return {(c.position, c.dataset_id, c.gen) for c in result}
 
 
 tag = st.binary(min_size=16, max_size=16)
@@ -183,7 +183,7 @@ def test_compaction_gives_way_to_a_concurrent_merge(monkeypatch: pytest.MonkeyPa
     assert locator.runs == 1
     everything = [*first, *second, *late]
     owners = [1] * 8 + [2] * 2 + [3] * 4
-    assert {(c.index, c.dataset_id) for c in locator.candidates(everything)} == set(
+    assert {(c.position, c.dataset_id) for c in locator.candidates(everything)} == set(
         enumerate(owners)
     )
 
