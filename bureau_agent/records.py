@@ -1,9 +1,18 @@
 """The agent's local store: the bureau's own records and the handles it enrolled.
 
 Plaintext identifiers live here and nowhere else.  One SQLite file (WAL,
-synchronous=FULL).  A handle is 16 random bytes standing for one match key
-of one record; re-enrolling the same key of the same record reuses its handle,
-so the hub's standing-match deduplication and earlier match ids stay valid.
+synchronous=FULL).  A handle is 16 bytes standing for one match key of one
+record, meaningless to anyone but its owner; re-enrolling the same key of
+the same record reuses its handle, so the hub's standing-match
+deduplication and earlier match ids stay valid.
+
+Keys are numbered (AUTOINCREMENT: a number is never used twice, even after
+its key is deleted) and a key's handle is the AES-128 encryption of its
+number under a key kept in this file (`psi.sequence_ids`), so that a
+version's new keys append to the table instead of landing on random pages
+(random 16-byte handles as the key made each insert slower as the table
+grew).  Handles given out before (random ones, schema 1) stay the handles
+of their keys through `legacy_handles`.
 
 Enrollment is one local transaction (`EnrollmentWriter`): keys of the new
 version are written under a new generation, the previous generation is
@@ -27,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psi.identifiers import MatchKey
+from psi.sequence_ids import KEY_LENGTH, SequenceIds
 
 __all__ = ["EnrollmentWriter", "LocalDataset", "RecordStore"]
 
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY,
@@ -48,16 +59,6 @@ CREATE TABLE IF NOT EXISTS records (
     generation INTEGER NOT NULL,
     PRIMARY KEY (dataset, record_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys (
-    handle BLOB PRIMARY KEY,
-    dataset TEXT NOT NULL,
-    record_id TEXT NOT NULL,
-    key_type TEXT NOT NULL,
-    key_value TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    removed INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS keys_by_record ON keys (dataset, record_id, key_type, key_value);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_events (
     idx INTEGER PRIMARY KEY,
@@ -65,10 +66,22 @@ CREATE TABLE IF NOT EXISTS audit_events (
     expected TEXT NOT NULL
 );
 """
+# Schema 2's keys, one statement each (they run inside the migration's transaction).
+_KEYS_SCHEMA = (
+    "CREATE TABLE keys ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " dataset TEXT NOT NULL, record_id TEXT NOT NULL, key_type TEXT NOT NULL,"
+    " key_value TEXT NOT NULL, generation INTEGER NOT NULL,"
+    " removed INTEGER NOT NULL DEFAULT 0)",
+    "CREATE UNIQUE INDEX keys_by_record ON keys (dataset, record_id, key_type, key_value)",
+    "CREATE TABLE legacy_handles ("
+    " handle BLOB PRIMARY KEY, seq INTEGER NOT NULL UNIQUE) WITHOUT ROWID",
+)
+_KEY_COLUMNS = "dataset, record_id, key_type, key_value, generation, removed"
+_HANDLE_KEY = "handle_key"  # the `state` entry holding the handles' AES key (hex)
 
 
 _IN_CHUNK = 500  # record ids per `IN (...)` lookup, well below SQLite's variable limit
-HANDLE_BYTES = 16  # a key's handle: random, meaningless to anyone but its owner
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class RecordStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._handles = _Handles(self._db, _migrate(self._db))
 
     def close(self) -> None:
         self._db.close()
@@ -125,7 +139,7 @@ class RecordStore:
     ) -> Iterator[EnrollmentWriter]:
         """One transaction for a new version of `name`; commit with `writer.commit(...)`."""
         self._db.execute("BEGIN IMMEDIATE")
-        writer = EnrollmentWriter(self._db, name, epoch, category, dict(policy))
+        writer = EnrollmentWriter(self._db, self._handles, name, epoch, category, dict(policy))
         try:
             yield writer
         except BaseException:
@@ -141,11 +155,12 @@ class RecordStore:
         out: dict[str, list[bytes]] = {}
         for record_id in record_ids:
             rows = self._db.execute(
-                "SELECT handle FROM keys WHERE dataset = ? AND record_id = ? AND removed = 0",
+                "SELECT k.seq, l.handle FROM keys k LEFT JOIN legacy_handles l ON l.seq = k.seq "
+                "WHERE k.dataset = ? AND k.record_id = ? AND k.removed = 0 ORDER BY k.seq",
                 (dataset, record_id),
             ).fetchall()
             if rows:
-                out[record_id] = [r[0] for r in rows]
+                out[record_id] = self._handles.of(rows)
         return out
 
     def known_handles(self, dataset: str, handles: Iterable[bytes]) -> list[bytes]:
@@ -153,17 +168,17 @@ class RecordStore:
         return [
             h
             for h in handles
-            if self._db.execute(
-                "SELECT 1 FROM keys WHERE handle = ? AND dataset = ? AND removed = 0",
-                (h, dataset),
+            if (seq := self._handles.seq_of(h)) is not None
+            and self._db.execute(
+                "SELECT 1 FROM keys WHERE seq = ? AND dataset = ? AND removed = 0",
+                (seq, dataset),
             ).fetchone()
         ]
 
     def mark_removed(self, handles: Sequence[bytes], hub_version: int, dataset: str) -> None:
+        seqs = [(seq,) for h in handles if (seq := self._handles.seq_of(h)) is not None]
         with self._transaction():
-            self._db.executemany(
-                "UPDATE keys SET removed = 1 WHERE handle = ?", [(h,) for h in handles]
-            )
+            self._db.executemany("UPDATE keys SET removed = 1 WHERE seq = ?", seqs)
             self._db.execute(
                 "UPDATE datasets SET hub_version = ?, updated = ? WHERE name = ?",
                 (hub_version, time.time(), dataset),
@@ -171,11 +186,14 @@ class RecordStore:
 
     def record_for_handle(self, handle: bytes) -> tuple[str, str, str, dict[str, str]] | None:
         """(dataset, record_id, key_type, fields) of a live handle, for disclosure."""
+        seq = self._handles.seq_of(handle)
+        if seq is None:
+            return None
         row = self._db.execute(
             "SELECT k.dataset, k.record_id, k.key_type, r.fields FROM keys k "
             "JOIN records r ON r.dataset = k.dataset AND r.record_id = k.record_id "
-            "WHERE k.handle = ? AND k.removed = 0",
-            (handle,),
+            "WHERE k.seq = ? AND k.removed = 0",
+            (seq,),
         ).fetchone()
         if row is None:
             return None
@@ -225,12 +243,14 @@ class EnrollmentWriter:
     def __init__(
         self,
         db: sqlite3.Connection,
+        handles: _Handles,
         name: str,
         epoch: int,
         category: str,
         policy: dict[str, bool],
     ) -> None:
         self._db = db
+        self._handles = handles
         self.name = name
         self.epoch = epoch
         self.category = category
@@ -270,47 +290,44 @@ class EnrollmentWriter:
             ],
         )
         known = self._known_handles({rid for rid, _, _, _ in records})
-        handles: list[bytes] = []
-        reused: list[tuple[int, bytes]] = []
-        new: list[tuple[bytes, str, str, str, str, int]] = []
-        # One read of the system's random source for the whole batch.
-        pool = secrets.token_bytes(HANDLE_BYTES * sum(len(keys) for _, _, _, keys in records))
-        drawn = 0
-        for rid, _, _, keys in records:
-            for key in keys:
-                where = (rid, key.type.value, key.value)
-                handle = known.get(where)
-                if handle is not None:
-                    reused.append((self.generation, handle))
-                else:
-                    handle = pool[drawn : drawn + HANDLE_BYTES]
-                    drawn += HANDLE_BYTES
-                    known[where] = handle
-                    new.append((handle, self.name, *where, self.generation))
-                handles.append(handle)
-        self._db.executemany("UPDATE keys SET generation = ?, removed = 0 WHERE handle = ?", reused)
+        where_of = [(rid, key.type.value, key.value) for rid, _, _, keys in records for key in keys]
+        # New keys take the next numbers (the table appends); their handles
+        # are made in one cipher call.
+        fresh = list(dict.fromkeys(w for w in where_of if w not in known))
+        first = self._handles.next_seq()
+        seqs = range(first, first + len(fresh))
+        for where, seq, handle in zip(fresh, seqs, self._handles.ids(seqs), strict=True):
+            known[where] = (seq, handle)
         self._db.executemany(
-            "INSERT INTO keys (handle, dataset, record_id, key_type, key_value, generation) "
+            "INSERT INTO keys (seq, dataset, record_id, key_type, key_value, generation) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            new,
+            [(known[w][0], self.name, *w, self.generation) for w in fresh],
         )
-        return handles
+        new = set(fresh)
+        self._db.executemany(
+            "UPDATE keys SET generation = ?, removed = 0 WHERE seq = ?",
+            [(self.generation, known[w][0]) for w in dict.fromkeys(where_of) if w not in new],
+        )
+        return [known[w][1] for w in where_of]
 
-    def _known_handles(self, record_ids: set[str]) -> dict[tuple[str, str, str], bytes]:
-        """The stored handles of these records' keys, by (record id, type, value)."""
-        out: dict[tuple[str, str, str], bytes] = {}
+    def _known_handles(self, record_ids: set[str]) -> dict[tuple[str, str, str], tuple[int, bytes]]:
+        """(number, handle) of these records' stored keys, by (record id, type, value)."""
+        rows: list[tuple[str, str, str, int, bytes | None]] = []
         ids = list(record_ids)
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))  # placeholders only
-            rows = self._db.execute(
-                "SELECT record_id, key_type, key_value, handle FROM keys "  # noqa: S608
-                f"WHERE dataset = ? AND record_id IN ({marks})",
+            rows += self._db.execute(
+                "SELECT k.record_id, k.key_type, k.key_value, k.seq, l.handle FROM keys k "  # noqa: S608
+                "LEFT JOIN legacy_handles l ON l.seq = k.seq "
+                f"WHERE k.dataset = ? AND k.record_id IN ({marks})",
                 (self.name, *chunk),
-            )
-            for rid, key_type, key_value, handle in rows:
-                out[(rid, key_type, key_value)] = bytes(handle)
-        return out
+            ).fetchall()
+        handles = self._handles.of([(seq, legacy) for _, _, _, seq, legacy in rows])
+        return {
+            (rid, key_type, key_value): (seq, handle)
+            for (rid, key_type, key_value, seq, _), handle in zip(rows, handles, strict=True)
+        }
 
     def commit(self, hub_version: int) -> None:
         """Drop what the new version no longer has, record the hub's version, commit."""
@@ -339,3 +356,78 @@ class EnrollmentWriter:
         )
         self._db.execute("COMMIT")
         self.committed = True
+
+
+class _Handles:
+    """Handles of numbered keys: AES-128 of the number, or the random handle a
+    key had before keys were numbered (`legacy_handles`)."""
+
+    def __init__(self, db: sqlite3.Connection, ids: SequenceIds) -> None:
+        self._db = db
+        self._ids = ids
+
+    def ids(self, seqs: Sequence[int]) -> list[bytes]:
+        """The handles of keys numbered `seqs` that have no legacy handle."""
+        return self._ids.ids(seqs)
+
+    def of(self, rows: Sequence[tuple[int, bytes | None]]) -> list[bytes]:
+        """The handle of each (number, legacy handle or None)."""
+        made = iter(self._ids.ids([seq for seq, legacy in rows if legacy is None]))
+        return [bytes(legacy) if legacy is not None else next(made) for _, legacy in rows]
+
+    def next_seq(self) -> int:
+        """The first number no key has ever had (inside the writer's transaction)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'keys'").fetchone()
+        return (int(row[0]) if row else 0) + 1
+
+    def seq_of(self, handle: bytes) -> int | None:
+        """The number of the key `handle` stands for, or None when it stands for none."""
+        row = self._db.execute(
+            "SELECT seq FROM legacy_handles WHERE handle = ?", (handle,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        seq = self._ids.seq_of(handle)
+        if seq is None:
+            return None
+        # A key with a legacy handle answers to that handle only.
+        legacy = self._db.execute("SELECT 1 FROM legacy_handles WHERE seq = ?", (seq,)).fetchone()
+        return None if legacy else seq
+
+
+def _migrate(db: sqlite3.Connection) -> SequenceIds:
+    """Bring the keys to schema 2 (numbered; old random handles kept in
+    `legacy_handles`), in one transaction; the handles' cipher."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) < _SCHEMA_VERSION:
+            columns = {str(r[1]) for r in db.execute("PRAGMA table_info(keys)")}
+            if columns:  # schema 1: keys keyed by their random handles
+                db.execute("ALTER TABLE keys RENAME TO keys_v1")
+                db.execute("DROP INDEX IF EXISTS keys_by_record")
+            for statement in _KEYS_SCHEMA:
+                db.execute(statement)
+            if columns:
+                db.execute(
+                    f"INSERT INTO keys ({_KEY_COLUMNS}) SELECT {_KEY_COLUMNS} FROM keys_v1 "  # noqa: S608
+                    "ORDER BY dataset, record_id, key_type, key_value"
+                )
+                db.execute(
+                    "INSERT INTO legacy_handles (handle, seq) SELECT o.handle, k.seq "
+                    "FROM keys_v1 o JOIN keys k ON k.dataset = o.dataset "
+                    "AND k.record_id = o.record_id AND k.key_type = o.key_type "
+                    "AND k.key_value = o.key_value"
+                )
+                db.execute("DROP TABLE keys_v1")
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        row = db.execute("SELECT value FROM state WHERE name = ?", (_HANDLE_KEY,)).fetchone()
+        if row is None:
+            key = secrets.token_bytes(KEY_LENGTH)
+            db.execute("INSERT INTO state (name, value) VALUES (?, ?)", (_HANDLE_KEY, key.hex()))
+        else:
+            key = bytes.fromhex(str(row[0]))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return SequenceIds(key)

@@ -1,4 +1,5 @@
-"""Match ids as a keyed permutation of sequence numbers (`hub.match_ids`)."""
+"""Ids as a keyed permutation of sequence numbers (`psi.sequence_ids`, the
+hub's match ids and the agents' handles)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.match_ids import MatchIds
+from psi.sequence_ids import SequenceIds
 
 SEQS = st.integers(min_value=1, max_value=2**63 - 1)
 KEYS = st.binary(min_size=16, max_size=16)
@@ -60,3 +62,9 @@ def test_the_key_has_16_bytes_and_is_never_printed() -> None:
         MatchIds(b"short")
     key = os.urandom(16)
     assert key.hex() not in repr(MatchIds(key))
+
+
+def test_match_ids_are_the_sequence_ids_of_the_hubs_key() -> None:
+    key = os.urandom(16)
+    assert MatchIds(key).ids([1, 2, 3]) == SequenceIds(key).ids([1, 2, 3])
+    assert SequenceIds(key).ids([]) == []
