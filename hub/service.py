@@ -169,12 +169,6 @@ def authenticate(context: Context, directory: DirectorySource | None) -> str:
 
 # A BulkMatch batch's id and its lookup.
 _Started = tuple[int, asyncio.Task[policy.QueryResult]]
-# BulkMatch batches looked up at once on one stream.  One: the lookups are
-# bound by the hub's one interpreter, and batches in flight together only
-# made its threads take turns (1M in 3M tags through gRPC, two paired runs:
-# 1.23 / 1.18 s and 1.1-1.2 s of hub CPU with one, 1.40 / 1.50 s and 1.7-1.8 s
-# with four).  The next batch is still received and parsed meanwhile.
-_BULK_IN_FLIGHT = 1
 
 
 def _now_ms() -> int:
@@ -467,9 +461,9 @@ class HubService(hub_pb2_grpc.HubServicer):
     async def BulkMatch(
         self, request_iterator: AsyncIterator[hub_pb2.BulkMatchRequest], context: Context
     ) -> AsyncIterator[hub_pb2.BulkMatchResponse]:
-        """Answer each batch, in order, with its batch_id.  Up to
-        `_BULK_IN_FLIGHT` batches are looked up at once (while the next is
-        received); each answer is sent as soon as it and those before it are
+        """Answer each batch, in order, with its batch_id.  Up to the store's
+        `bulk_lookups_in_flight` batches are looked up at once (while the next
+        is received); each answer is sent as soon as it and those before it are
         ready, so a client that waits for each answer before sending more is
         served.  Each batch gets its own audit leaf, in the order the lookups
         finish."""
@@ -477,7 +471,7 @@ class HubService(hub_pb2_grpc.HubServicer):
             requester = self._caller(context)
         except Exception as exc:
             await _abort(context, exc)
-        slots = asyncio.Semaphore(_BULK_IN_FLIGHT)
+        slots = asyncio.Semaphore(self._store.bulk_lookups_in_flight)
         started: asyncio.Queue[_Started | None] = asyncio.Queue()
 
         async def read() -> None:

@@ -158,6 +158,11 @@ class TagStore(Protocol):
     `requester` and `recipient` are bureau codes the caller has authenticated.
     """
 
+    # Bulk-match batches worth looking up at once on one stream: 1 where a
+    # lookup is bound by this process's CPU (in flight together they only
+    # take turns), more where it mostly waits for a database server.
+    bulk_lookups_in_flight: int
+
     async def begin_enrollment(self, owner: str, spec: EnrollSpec) -> Enrollment:
         """Start staging a new version of `owner`'s dataset `spec.name`."""
         ...
@@ -640,6 +645,10 @@ class SqliteTagStore(SqlStore):
     (writes are serialized, each a short transaction) and reader connections
     on a small pool (lookups run concurrently with writes, thanks to WAL).
     One hub process per file."""
+
+    # The lookups run in this process (1M tags in 3M through gRPC, two paired
+    # runs: 1.23 / 1.18 s with one in flight against 1.40 / 1.50 s with four).
+    bulk_lookups_in_flight = 1
 
     def __init__(self, path: Path, *, readers: int, auto_sweep: bool) -> None:
         super().__init__(auto_sweep=auto_sweep)

@@ -342,6 +342,31 @@ def test_concurrent_writers_in_two_stores_keep_one_log(postgres_dsn: str) -> Non
     run(main())
 
 
+def test_every_connection_plans_lookups_as_key_probes(postgres_dsn: str) -> None:
+    """The planner settings that keep a 10,000-tag lookup on the primary key
+    (see `hub.store_pg._SESSION_SETTINGS`) hold on every connection of the
+    pool, whatever the server's defaults."""
+
+    async def main() -> list[tuple[str, str]]:
+        store = await PostgresTagStore.open(postgres_dsn, auto_sweep=False)
+        try:
+            await store_enroll(store, "FRA", "w", store_keys(20))
+            seen = []
+            with store._pool.connection() as a, store._pool.connection() as b:
+                for conn in (a, b):
+                    for name in ("random_page_cost", "max_parallel_workers_per_gather"):
+                        (value,) = conn.execute(f"SHOW {name}").fetchall()[0]
+                        seen.append((name, str(value)))
+            return seen
+        finally:
+            await store.close()
+
+    seen = run(main())
+    assert seen == [("random_page_cost", "1.1"), ("max_parallel_workers_per_gather", "0")] * 2
+    with psycopg.connect(postgres_dsn) as plain:  # the server's own defaults differ
+        assert plain.execute("SHOW random_page_cost").fetchall() == [("4",)]
+
+
 def test_an_enrollment_survives_another_hub_starting_and_dies_with_its_own(
     postgres_dsn: str,
 ) -> None:
