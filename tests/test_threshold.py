@@ -19,6 +19,11 @@ Setup = tuple[tuple[KeyShare, ...], threshold.FeldmanCommitments]
 Lie = Callable[[int, list[bytes], threshold.BatchCheck], list[bytes]]
 
 
+def t_of_n(least: int) -> st.SearchStrategy[tuple[int, int]]:
+    """(t, n) with least <= t <= 4 and t <= n <= t + 2."""
+    return st.tuples(st.integers(least, 4), st.integers(0, 2)).map(lambda p: (p[0], p[0] + p[1]))
+
+
 def threshold_outputs(
     shares: tuple[KeyShare, ...],
     commitments: threshold.FeldmanCommitments,
@@ -36,7 +41,7 @@ def threshold_outputs(
 
 @settings(max_examples=12, deadline=None)
 @given(
-    t_n=st.tuples(st.integers(1, 4), st.integers(0, 2)).map(lambda p: (p[0], p[0] + p[1])),
+    t_n=t_of_n(least=1),
     xs=st.lists(st.binary(max_size=20), min_size=1, max_size=3),
 )
 def test_every_t_subset_gives_the_single_key_output(t_n: tuple[int, int], xs: list[bytes]) -> None:
@@ -51,7 +56,7 @@ def test_every_t_subset_gives_the_single_key_output(t_n: tuple[int, int], xs: li
 
 @settings(max_examples=12, deadline=None)
 @given(
-    t_n=st.tuples(st.integers(2, 4), st.integers(0, 2)).map(lambda p: (p[0], p[0] + p[1])),
+    t_n=t_of_n(least=2),
     xs=st.lists(st.binary(max_size=20), min_size=1, max_size=3),
     data=st.data(),
 )
@@ -118,7 +123,7 @@ def checked(
 
 @settings(max_examples=12, deadline=None)
 @given(
-    t_n=st.tuples(st.integers(1, 4), st.integers(0, 2)).map(lambda p: (p[0], p[0] + p[1])),
+    t_n=t_of_n(least=1),
     xs=st.lists(st.binary(max_size=20), min_size=1, max_size=4),
     data=st.data(),
 )
