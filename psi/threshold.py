@@ -381,8 +381,9 @@ class BatchCheck:
 
 
 def batch_check(blinded_elements: Sequence[bytes]) -> BatchCheck:
-    """Fresh random weights for the caller's own blinded batch, and their combination.
-    Draw a new one for every participant set asked (see the module docstring)."""
+    """Fresh random weights for the caller's own blinded batch, and their
+    combination.  Once its composite has been shown to a custodian, a batch
+    asked again (of another participant set) needs a new check."""
     return _batch_check_with(blinded_elements, [group.random_scalar() for _ in blinded_elements])
 
 
@@ -392,7 +393,7 @@ def _batch_check_with(blinded_elements: Sequence[bytes], weights: Sequence[bytes
     if len(weights) != len(blinded_elements):
         raise InvalidInputError(f"{len(weights)} weights for {len(blinded_elements)} elements")
     composite = oprf._weighted_sum(weights, blinded_elements)
-    if composite == group.IDENTITY:  # probability about len/q: draw again
+    if composite == group.IDENTITY:  # probability about len/q; the caller may draw again
         raise InvalidInputError("the batch's random combination is the identity")
     return BatchCheck(tuple(weights), composite)
 
