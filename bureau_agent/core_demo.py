@@ -1,8 +1,10 @@
 """A short, real run of the cryptographic core, for `blindmatch demo --core`.
 
-Nothing is simulated: a 2-of-3 key ceremony, custodians' partial evaluations
-with batch DLEQ proofs, the bureau's verification, combination and
-finalization, all through `psi`.  The transcript is returned as data; the CLI
+Nothing is simulated: a 2-of-3 key ceremony, custodians' partial
+evaluations checked per batch (a DLEQ proof over a secret random
+combination of the batch, as the agents check enrollment batches) or by a
+proof in every answer, the bureau's combination and finalization, all
+through `psi`.  The transcript is returned as data; the CLI
 renders it.
 """
 
@@ -36,17 +38,23 @@ def _tag_with(
     participants: tuple[int, ...],
     keys: Sequence[MatchKey],
 ) -> list[bytes]:
-    """The bureau's side of tagging, talking to the custodians in `participants`."""
+    """The bureau's side of tagging, talking to the custodians in `participants`:
+    unproven answers, then each custodian's proven evaluation of the batch's
+    secret random combination."""
     inputs = [k.oprf_input for k in keys]
     blinds, blinded = oprf.blind_batch(inputs, Mode.VOPRF)
+    check = threshold.batch_check(blinded)
     by_index = {s.index: s for s in shares}
     partials = [
-        threshold.partial_evaluate(by_index[i], participants, blinded) for i in participants
+        threshold.unproven_partial_evaluate(by_index[i], participants, blinded)
+        for i in participants
     ]
-    combined = threshold.verify_and_combine(public, blinded, partials)
-    return [
-        tags.tag_from_output(o) for o in oprf.finalize_batch(inputs, blinds, combined, Mode.VOPRF)
+    proven = [
+        threshold.partial_evaluate(by_index[i], participants, [check.composite])
+        for i in participants
     ]
+    outputs = threshold.checked_finalize(inputs, blinds, check, partials, proven, public)
+    return [tags.tag_from_output(o) for o in outputs]
 
 
 def run_core_demo() -> list[DemoStep]:
@@ -132,20 +140,40 @@ def run_core_demo() -> list[DemoStep]:
     cheat = DemoStep("A dishonest custodian is caught and named")
     forged_share = threshold.KeyShare(3, threshold.generate_threshold_key(1, 1)[0][0].value)
     inputs = [k.oprf_input for k in fra_keys]
-    _, blinded = oprf.blind_batch(inputs, Mode.VOPRF)
+    blinds, blinded = oprf.blind_batch(inputs, Mode.VOPRF)
     honest = threshold.partial_evaluate(shares[0], (1, 3), blinded)
     forged = threshold.partial_evaluate(forged_share, (1, 3), blinded)
+    caught = 0
     try:
         threshold.verify_and_combine(public, blinded, [honest, forged])
-        cheat.ok = False
         cheat.lines.append("forged answer accepted: FAILURE")
     except VerifyError as exc:
-        cheat.lines.append(f"rejected: {exc}")
-        retry = _tag_with(shares, public, (1, 2), fra_keys)
-        cheat.lines.append(
-            "retried with FRA+DEU: tags " + ("match" if retry == single else "DIFFER")
+        cheat.lines.append(f"a proof in every answer: rejected: {exc}")
+        caught += 1
+    # The per-batch check: BRA proves its evaluation of the combination
+    # honestly but changes one element of its unproven answer.
+    check = threshold.batch_check(blinded)
+    lying = list(threshold.unproven_partial_evaluate(shares[2], (1, 3), blinded).evaluated)
+    lying[1] = oprf.blind_evaluate(threshold.generate_threshold_key(1, 1)[0][0].value, blinded[1])
+    try:
+        threshold.checked_finalize(
+            inputs,
+            blinds,
+            check,
+            [
+                threshold.unproven_partial_evaluate(shares[0], (1, 3), blinded),
+                threshold.PartialEvaluation(3, tuple(lying), b""),
+            ],
+            [threshold.partial_evaluate(shares[i - 1], (1, 3), [check.composite]) for i in (1, 3)],
+            public,
         )
-        cheat.ok = retry == single
+        cheat.lines.append("changed element accepted: FAILURE")
+    except threshold.PartialsRejected as exc:
+        cheat.lines.append(f"the per-batch check: rejected: {exc}")
+        caught += 1
+    retry = _tag_with(shares, public, (1, 2), fra_keys)
+    cheat.lines.append("retried with FRA+DEU: tags " + ("match" if retry == single else "DIFFER"))
+    cheat.ok = caught == 2 and retry == single
     steps.append(cheat)
 
     alone = DemoStep("One custodian alone (t - 1) cannot produce the tags")

@@ -11,4 +11,6 @@ def test_every_demo_step_passes() -> None:
     assert len(steps) == 6
     tagging = steps[2]
     assert tagging.lines[-1] == "all equal: yes"
-    assert any("custodian 3" in line for line in steps[4].lines)
+    cheat = steps[4].lines
+    assert cheat[0].startswith("a proof in every answer: rejected: custodian 3")
+    assert cheat[1].startswith("the per-batch check: rejected: custodian 3")
