@@ -240,6 +240,43 @@ def test_a_batch_asked_again_after_a_failed_check_gets_a_fresh_combination(
     assert bra.proven_requests == [second]
 
 
+class FailsTheCheck(CustodianService):
+    """Answers batches, but refuses the proven evaluation of a combination."""
+
+    async def Evaluate(
+        self, request: custodian_pb2.EvaluateRequest, context: Any
+    ) -> custodian_pb2.EvaluateResponse:
+        if not request.unproven:
+            await context.abort(grpc.StatusCode.INTERNAL, "no proofs today")
+        return await super().Evaluate(request, context)
+
+
+def test_a_custodian_failing_only_the_check_is_replaced(
+    federation: Path, executor: ThreadPoolExecutor
+) -> None:
+    """FRA answers the batch, then fails its proof of the combination: the
+    batch is asked again of DEU and BRA, and FRA's error is on record."""
+
+    async def main() -> tuple[list[bytes], dict[str, str], Recording]:
+        fed = Federation(federation, executor)
+        try:
+            await fed.start("FRA", service=FailsTheCheck)
+            await fed.start("DEU")
+            bra = await fed.start("BRA", service=Recording)
+            tagger = fed.tagger()
+            out = await tagger.tag(INPUTS)
+            await tagger.close()
+        finally:
+            await fed.close()
+        assert isinstance(bra, Recording)
+        return out, tagger.stats.custodian_errors, bra
+
+    out, errors, bra = run(main())
+    assert out == expected_tags(federation, INPUTS)
+    assert set(errors) == {"FRA"} and "no proofs today" in errors["FRA"], errors
+    assert len(bra.proven_requests) == 1  # BRA took part in the second round only
+
+
 def test_too_few_custodians_fails_naming_each(
     federation: Path, executor: ThreadPoolExecutor
 ) -> None:
