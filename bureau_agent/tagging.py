@@ -292,7 +292,7 @@ class ThresholdTagger:
                 )
             if shown:  # custodians have seen this combination: draw another
                 check = await work.run_job(
-                    self._executor, len(inputs), work.new_check, batch.blinded
+                    self._executor, len(inputs), threshold.batch_check, batch.blinded
                 )
                 shown = False
             participants = sorted(c.index for c in chosen)

@@ -1,7 +1,7 @@
 """CPU-bound steps of the agent, as plain functions a process pool can run.
 
-Each takes and returns only bytes, ints and lists (cheap to pickle) and calls
-`psi`; nothing here does I/O.  `exit_with_parent` is the pool's initializer;
+Each takes and returns only bytes, ints, lists and small frozen dataclasses
+of them (cheap to pickle) and calls `psi`; nothing here does I/O.  `exit_with_parent` is the pool's initializer;
 `run_job` chooses between the pool and the caller's event loop.
 """
 
@@ -20,13 +20,13 @@ from psi import oprf, tags, threshold
 from psi.oprf import Mode
 
 __all__ = [
+    "Answer",
     "BlindedBatch",
     "FinishedBatch",
     "blind_chunk",
     "custodian_evaluate",
     "exit_with_parent",
     "finish_batch",
-    "new_check",
     "run_job",
     "warm_up",
 ]
@@ -86,11 +86,6 @@ def blind_chunk(inputs: Sequence[bytes], checked: bool = True) -> BlindedBatch:
     """Blind a batch of OPRF inputs and, if `checked`, draw its check."""
     blinds, blinded = oprf.blind_batch(inputs, MODE)
     return BlindedBatch(blinds, blinded, threshold.batch_check(blinded) if checked else None)
-
-
-def new_check(blinded: Sequence[bytes]) -> threshold.BatchCheck:
-    """A fresh check for a batch asked of another participant set."""
-    return threshold.batch_check(blinded)
 
 
 def custodian_evaluate(
