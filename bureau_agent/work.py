@@ -1,8 +1,9 @@
 """CPU-bound steps of the agent, as plain functions a process pool can run.
 
 Each takes and returns only bytes, ints, lists and small frozen dataclasses
-of them (cheap to pickle) and calls `psi`; nothing here does I/O.  `exit_with_parent` is the pool's initializer;
-`run_job` chooses between the pool and the caller's event loop.
+of them (cheap to pickle) and calls `psi`; nothing here does I/O.
+`exit_with_parent` is the pool's initializer; `run_job` chooses between the
+pool and the caller's event loop.
 """
 
 from __future__ import annotations
