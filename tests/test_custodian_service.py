@@ -88,6 +88,14 @@ class Federation:
         tls = pki.TlsFiles.in_folder(self.root / "bureaus" / "USA")
         return ThresholdTagger(self.cache, tls, self.executor, rpc_timeout=5.0)
 
+    async def tag(self, inputs: list[bytes]) -> tuple[list[bytes], dict[str, str]]:
+        """USA's tags for `inputs` with a fresh tagger, and the custodian errors it saw."""
+        tagger = self.tagger()
+        try:
+            return await tagger.tag(inputs), dict(tagger.stats.custodian_errors)
+        finally:
+            await tagger.close()
+
     async def close(self) -> None:
         for server in self.servers.values():
             await server.stop(None)
@@ -223,13 +231,11 @@ def test_a_batch_asked_again_after_a_failed_check_gets_a_fresh_combination(
             await fed.start("FRA", service=LiesInTheBatch)
             deu = await fed.start("DEU", service=Recording)
             bra = await fed.start("BRA", service=Recording)
-            tagger = fed.tagger()
-            out = await tagger.tag(INPUTS)
-            await tagger.close()
+            out, errors = await fed.tag(INPUTS)
         finally:
             await fed.close()
         assert isinstance(deu, Recording) and isinstance(bra, Recording)
-        return out, tagger.stats.custodian_errors, deu, bra
+        return out, errors, deu, bra
 
     out, errors, deu, bra = run(main())
     assert out == expected_tags(federation, INPUTS)
@@ -263,13 +269,11 @@ def test_a_custodian_failing_only_the_check_is_replaced(
             await fed.start("FRA", service=FailsTheCheck)
             await fed.start("DEU")
             bra = await fed.start("BRA", service=Recording)
-            tagger = fed.tagger()
-            out = await tagger.tag(INPUTS)
-            await tagger.close()
+            out, errors = await fed.tag(INPUTS)
         finally:
             await fed.close()
         assert isinstance(bra, Recording)
-        return out, tagger.stats.custodian_errors, bra
+        return out, errors, bra
 
     out, errors, bra = run(main())
     assert out == expected_tags(federation, INPUTS)
