@@ -397,10 +397,14 @@ class _Handles:
 
 def _migrate(db: sqlite3.Connection) -> SequenceIds:
     """Bring the keys to schema 2 (numbered; old random handles kept in
-    `legacy_handles`), in one transaction; the handles' cipher."""
+    `legacy_handles`), in one transaction; the handles' cipher.  A current
+    store is only read (no write lock)."""
+    key = _handle_key(db)
+    if key is not None and _schema_version(db) >= _SCHEMA_VERSION:
+        return SequenceIds(key)
     db.execute("BEGIN IMMEDIATE")
     try:
-        if int(db.execute("PRAGMA user_version").fetchone()[0]) < _SCHEMA_VERSION:
+        if _schema_version(db) < _SCHEMA_VERSION:
             columns = {str(r[1]) for r in db.execute("PRAGMA table_info(keys)")}
             if columns:  # schema 1: keys keyed by their random handles
                 db.execute("ALTER TABLE keys RENAME TO keys_v1")
@@ -420,14 +424,21 @@ def _migrate(db: sqlite3.Connection) -> SequenceIds:
                 )
                 db.execute("DROP TABLE keys_v1")
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        row = db.execute("SELECT value FROM state WHERE name = ?", (_HANDLE_KEY,)).fetchone()
-        if row is None:
+        key = _handle_key(db)
+        if key is None:
             key = secrets.token_bytes(KEY_LENGTH)
             db.execute("INSERT INTO state (name, value) VALUES (?, ?)", (_HANDLE_KEY, key.hex()))
-        else:
-            key = bytes.fromhex(str(row[0]))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     return SequenceIds(key)
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _handle_key(db: sqlite3.Connection) -> bytes | None:
+    row = db.execute("SELECT value FROM state WHERE name = ?", (_HANDLE_KEY,)).fetchone()
+    return None if row is None else bytes.fromhex(str(row[0]))

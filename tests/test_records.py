@@ -158,3 +158,21 @@ def test_random_handles_of_schema_1_stay_the_handles_of_their_keys(tmp_path: Pat
         assert reopened.handles_for("d", ["r2", "r3"]) == {"r2": [again[1]], "r3": [again[2]]}
     finally:
         reopened.close()
+
+
+def test_opening_a_current_store_takes_no_write_lock(tmp_path: Path) -> None:
+    """The agent may open its store while another connection writes (a long
+    enrollment holds the write lock for its whole transaction)."""
+    path = tmp_path / "records.sqlite"
+    RecordStore(path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        store = RecordStore(path)  # would wait, then fail with "database is locked"
+        try:
+            assert store.datasets() == []
+        finally:
+            store.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
