@@ -592,13 +592,17 @@ class DirectoryCache:
     def __init__(self, path: Path, ca_cert: Path) -> None:
         self._path = path
         self._ca_cert = ca_cert
-        self._stamp: tuple[int, int] | None = None
+        # The stamp before the read: a change in between is read again later
+        # (taken after, it would mark the older content as current).
+        self._stamp: tuple[int, int, int, int] | None = self._file_stamp()
         self._directory = load_directory(path, ca_cert)
-        self._stamp = self._file_stamp()
 
-    def _file_stamp(self) -> tuple[int, int]:
+    def _file_stamp(self) -> tuple[int, int, int, int]:
+        # Every save replaces the file with a new one (`_write_public`), so its
+        # inode changes even when two saves of equal size fall within one tick
+        # of the file system's clock (two addresses published in a row).
         st = self._path.stat()
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
     def get(self) -> Directory:
         """The current directory (re-verified if the file changed)."""
