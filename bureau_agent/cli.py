@@ -275,14 +275,7 @@ def pki_issue(
 @_handles_errors
 def pki_set_address(folder: Path, who: str, address: str) -> None:
     """Publish ADDRESS (host:port) for WHO (a bureau code, or "hub") and re-sign."""
-
-    def change(d: pki_mod.Directory) -> pki_mod.Directory:
-        if who == "hub":
-            return d.replace(hub_address=address)
-        entry = d.bureau(who)
-        return d.replace(bureaus={**d.bureaus, who: dataclasses.replace(entry, address=address)})
-
-    d = pki_mod.update_directory(folder, change)
+    d = pki_mod.set_address(folder, who, address)
     click.echo(f"directory version {d.version}: {who} at {address}")
 
 

@@ -164,7 +164,7 @@ class LocalFederation:
         address_file.unlink(missing_ok=True)
         self._spawn("hub", ["hub", "serve", "--config", str(self.hub_config_path)])
         address = self._wait_for(address_file, "hub")
-        pki.update_directory(self.federation, lambda d: d.replace(hub_address=address))
+        pki.set_address(self.federation, "hub", address)
         return address
 
     def start_agent(self, code: str) -> None:
@@ -182,14 +182,7 @@ class LocalFederation:
         self._wait_for_socket(code)
 
     def set_address(self, code: str, address: str) -> None:
-        def change(d: pki.Directory) -> pki.Directory:
-            entry = d.bureau(code)
-            updated = pki.BureauEntry(
-                entry.code, address, entry.signing_key, entry.hpke_mlkem768, entry.hpke_x25519
-            )
-            return d.replace(bureaus={**d.bureaus, code: updated})
-
-        pki.update_directory(self.federation, change)
+        pki.set_address(self.federation, code, address)
 
     def _wait_for_socket(self, code: str) -> None:
         socket = self.state_dir(code) / "agent.sock"

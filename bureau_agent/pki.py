@@ -22,6 +22,7 @@ SHA-256) over its canonical JSON encoding; every reader verifies it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import functools
 import ipaddress
@@ -61,6 +62,7 @@ __all__ = [
     "issue_hub",
     "load_directory",
     "save_directory",
+    "set_address",
     "update_directory",
     "write_private_file",
 ]
@@ -562,6 +564,19 @@ def update_directory(root: Path, change: Callable[[Directory], Directory]) -> Di
     updated = change(current).replace(version=current.version + 1)
     save_directory(root, updated)
     return updated
+
+
+def set_address(root: Path, who: str, address: str) -> Directory:
+    """Publish `address` (host:port) for bureau `who`, or for the hub when
+    `who` is "hub", and re-sign the directory."""
+
+    def change(d: Directory) -> Directory:
+        if who == "hub":
+            return d.replace(hub_address=address)
+        entry = d.bureau(who)
+        return d.replace(bureaus={**d.bureaus, who: dataclasses.replace(entry, address=address)})
+
+    return update_directory(root, change)
 
 
 def load_directory(path: Path, ca_cert: Path) -> Directory:

@@ -77,12 +77,7 @@ def expected_tags(root: Path, inputs: Sequence[bytes], custodians: Sequence[str]
 
 
 def set_address(root: Path, code: str, address: str) -> None:
-    def change(d: pki.Directory) -> pki.Directory:
-        e = d.bureau(code)
-        entry = pki.BureauEntry(code, address, e.signing_key, e.hpke_mlkem768, e.hpke_x25519)
-        return d.replace(bureaus={**d.bureaus, code: entry})
-
-    pki.update_directory(root, change)
+    pki.set_address(root, code, address)
 
 
 @dataclass

@@ -73,12 +73,7 @@ class Federation:
         self.servers[code] = server
         address = f"127.0.0.1:{port}"
 
-        def change(d: pki.Directory) -> pki.Directory:
-            e = d.bureau(code)
-            entry = pki.BureauEntry(code, address, e.signing_key, e.hpke_mlkem768, e.hpke_x25519)
-            return d.replace(bureaus={**d.bureaus, code: entry})
-
-        pki.update_directory(self.root, change)
+        pki.set_address(self.root, code, address)
         return servicer
 
     async def stop(self, code: str) -> None:

@@ -89,25 +89,16 @@ def test_identity_requires_exactly_one_certificate() -> None:
         pki.identity_from_auth_context({})
 
 
-def set_address(root: Path, code: str, address: str) -> None:
-    def change(d: pki.Directory) -> pki.Directory:
-        e = d.bureau(code)
-        entry = pki.BureauEntry(code, address, e.signing_key, e.hpke_mlkem768, e.hpke_x25519)
-        return d.replace(bureaus={**d.bureaus, code: entry})
-
-    pki.update_directory(root, change)
-
-
 def test_the_cache_sees_an_update_of_equal_size_within_one_clock_tick(federation: Path) -> None:
     """Two addresses published in a row: same size, and the file system's
     clock may give both files the same time; the cache must still see the
     second."""
     path = federation / "directory.json"
-    set_address(federation, "FRA", "127.0.0.1:40001")
+    pki.set_address(federation, "FRA", "127.0.0.1:40001")
     cache = pki.DirectoryCache(path, federation / "ca" / "ca.crt")
     assert cache.get().bureau("FRA").address == "127.0.0.1:40001"
     before = path.stat()
-    set_address(federation, "FRA", "127.0.0.1:40002")
+    pki.set_address(federation, "FRA", "127.0.0.1:40002")
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same tick
     assert path.stat().st_size == before.st_size
     assert cache.get().bureau("FRA").address == "127.0.0.1:40002"
@@ -124,7 +115,7 @@ def test_an_update_while_the_cache_first_reads_is_seen(
     def load_then_update(p: Path, ca: Path) -> pki.Directory:
         loaded = real(p, ca)
         monkeypatch.setattr(pki, "load_directory", real)
-        set_address(federation, "DEU", "127.0.0.1:40003")
+        pki.set_address(federation, "DEU", "127.0.0.1:40003")
         return loaded
 
     monkeypatch.setattr(pki, "load_directory", load_then_update)
