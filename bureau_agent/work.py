@@ -118,7 +118,8 @@ Answer = tuple[int, Sequence[bytes], bytes]  # share index, evaluated elements, 
 
 def finish_batch(
     inputs: Sequence[bytes],
-    batch: BlindedBatch,
+    blinds: Sequence[bytes],
+    blinded: Sequence[bytes],
     partials: Sequence[Answer],
     public_shares: Mapping[int, bytes],
     own: int | None = None,
@@ -138,12 +139,12 @@ def finish_batch(
     try:
         if check is None:
             outputs = threshold.verified_finalize(
-                inputs, batch.blinds, batch.blinded, as_partials, public_shares, trusted=own
+                inputs, blinds, blinded, as_partials, public_shares, trusted=own
             )
         else:
             outputs = threshold.checked_finalize(
                 inputs,
-                batch.blinds,
+                blinds,
                 check,
                 as_partials,
                 [threshold.PartialEvaluation(i, tuple(e), p) for i, e, p in proven],
