@@ -79,7 +79,16 @@ from hub.policy import (
 from psi.audit import EntryKind, encode_entry
 from psi.disclosure import DisclosureDecision, DisclosureRequest, Outcome
 
-__all__ = ["Db", "MatchIdsOf", "Rows", "SqlEnrollment", "SqlStore", "TagRow"]
+__all__ = [
+    "Db",
+    "MatchIdsOf",
+    "PlacedRow",
+    "Rows",
+    "SqlEnrollment",
+    "SqlStore",
+    "TagRow",
+    "place_rows",
+]
 
 log = logging.getLogger("blindmatch.hub.store")
 
@@ -88,6 +97,8 @@ T = TypeVar("T")
 # (tag, dataset_id, gen, handle, key_type, added, removed_at): a row of
 # `tags` as read, with its tombstone's removed_at (None without one).
 TagRow = tuple[bytes, int, int, bytes, int, int, int | None]
+# (position in a lookup's tags, the row of the tag at that position).
+PlacedRow = tuple[int, TagRow]
 
 
 def insert_sql(table: str, columns: Sequence[str], rows: int) -> str:
@@ -146,6 +157,13 @@ class Db(Protocol):
         dataset_id, gen, handle).  SQLite: one index probe per (dataset,
         generation) that its `hub.locator` names for a tag; PostgreSQL: one
         `= ANY(array)` query."""
+        ...
+
+    def query_rows(self, tags: QueryColumns) -> list[PlacedRow]:
+        """`tag_rows` of a lookup's tags, each with the position of its tag
+        (the rows of a tag asked twice come twice), ordered by (position,
+        dataset_id, gen, handle).  SQLite: the locator's candidates already
+        carry positions; PostgreSQL: `place_rows`."""
         ...
 
     def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:
@@ -579,6 +597,16 @@ def _stage(
     if spec.policy.linkable:
         _probe(db, owner, dataset_id, gen, spec.epoch, keys.keys())
     return stored
+
+
+def place_rows(tags: QueryColumns, rows: Iterable[TagRow]) -> list[PlacedRow]:
+    """`Db.query_rows` from `Db.tag_rows` of the same tags."""
+    by_tag = _group_by_tag(rows)
+    return [
+        (position, row)
+        for position in tags.positions_of(by_tag.keys())
+        for row in by_tag[tags.tag_at(position)]
+    ]
 
 
 def _group_by_tag(rows: Iterable[TagRow]) -> dict[bytes, list[TagRow]]:
@@ -1025,29 +1053,23 @@ def _lookup(
     searched = _searched(live.get(db), requester, epoch, include_own)
     if not searched:
         return [], 0
-    return _hits(searched, tags, db.tag_rows(tags.tag_list())), len(searched)
+    return _hits(searched, tags, db.query_rows(tags)), len(searched)
 
 
 def _hits(
-    searched: Mapping[int, _Dataset], tags: QueryColumns, rows: Iterable[TagRow]
+    searched: Mapping[int, _Dataset], tags: QueryColumns, placed: Iterable[PlacedRow]
 ) -> list[_RawHit]:
-    """The rows (`Db.tag_rows` of `tags`, from the snapshot that `searched`
+    """The rows (`Db.query_rows` of `tags`, from the snapshot that `searched`
     comes from) that are hits: a searched dataset's live generation, the
     asked key type, not removed."""
     hits: list[_RawHit] = []
-    by_tag = _group_by_tag(rows)
-    if not by_tag:
-        return hits
     codes = tags.codes
-    for index, tag in enumerate(tags.tag_list()):
-        if tag not in by_tag:
-            continue
+    for index, (tag, dataset_id, gen, handle, row_code, added, removed_at) in placed:
+        d = searched.get(dataset_id)
         code = codes[index]
-        for _, dataset_id, gen, handle, row_code, added, removed_at in by_tag[tag]:
-            d = searched.get(dataset_id)
-            if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
-                continue
-            hits.append(_RawHit(index, d, handle, code, tag))
+        if row_code != code or d is None or gen != d.gen or _hidden(added, removed_at):
+            continue
+        hits.append(_RawHit(index, d, handle, code, tag))
     return hits
 
 
@@ -1410,6 +1432,8 @@ class SqlStore(abc.ABC):
     `self._audit` and calls `_publish` on the event loop; `_read` runs one in
     a read-only snapshot."""
 
+    bulk_lookups_in_flight: int  # see `TagStore`
+
     def __init__(self, *, auto_sweep: bool) -> None:
         self._auto_sweep = auto_sweep
         self._sweep_wanted = asyncio.Event()
@@ -1425,6 +1449,7 @@ class SqlStore(abc.ABC):
         self._unrecorded: list[tuple[_QueryRecord, asyncio.Future[tuple[list[Hit], int]]]] = []
         self._recorder: asyncio.Task[None] | None = None
         self._recorded_at = -math.inf  # when the last group committed (monotonic)
+        self._large_lookups = asyncio.Semaphore(self.bulk_lookups_in_flight)
         self._closed = False
 
     # -- what a database provides ----------------------------------------------
@@ -1543,12 +1568,16 @@ class SqlStore(abc.ABC):
         """Find hits on a read snapshot, then record them as matches, with
         the query's audit leaf (see `_record`)."""
         columns = query_columns(tags)
+
+        def lookup(db: Db) -> tuple[list[_RawHit], int]:
+            return _lookup(db, self._live, requester, epoch, columns, include_own)
+
         found = await self._quick_lookup(requester, epoch, columns, include_own)
-        if found is None:
-            read = self._read_small if len(columns) <= _SMALL_QUERY else self._read
-            found = await read(
-                lambda db: _lookup(db, self._live, requester, epoch, columns, include_own)
-            )
+        if found is None and len(columns) <= _SMALL_QUERY:
+            found = await self._read_small(lookup)
+        elif found is None:
+            async with self._large_lookups:
+                found = await self._read(lookup)
         raw, searched = found
         hits, index = await self._record(_QueryRecord(requester, len(tags), raw))
         return QueryResult(hits=tuple(hits), datasets_searched=searched, audit_index=index)

@@ -224,12 +224,17 @@ class TagLocator:
     def candidates(self, tags: Sequence[bytes]) -> list[Candidate]:
         """Each (position in `tags`, dataset, gen) that may hold that tag,
         ordered by position."""
-        state = self._state
-        if not tags or not state.runs:
+        if not tags or not self._state.runs:
             return []
-        if len(tags) <= _FEW:
-            return self._candidates_of_few(tags, state)
-        needles = prefixes_of(tags)
+        return self.candidates_of(prefixes_of(tags))
+
+    def candidates_of(self, needles: Prefixes) -> list[Candidate]:
+        """`candidates` of the tags whose 64-bit prefixes are `needles`."""
+        state = self._state
+        if not needles.shape[0] or not state.runs:
+            return []
+        if needles.shape[0] <= _FEW:
+            return self._candidates_of_few(needles, state)
         indices: list[npt.NDArray[np.intp]] = []
         slots: list[Slots] = []
         for run in state.runs:
@@ -257,12 +262,11 @@ class TagLocator:
         ]
 
     @staticmethod
-    def _candidates_of_few(tags: Sequence[bytes], state: _State) -> list[Candidate]:
+    def _candidates_of_few(needles: Prefixes, state: _State) -> list[Candidate]:
         # One scalar search per run and tag: a single query's lookup would
         # spend most of its time building arrays of one element.
         found: set[tuple[int, int]] = set()
-        for index, tag in enumerate(tags):
-            prefix = np.uint64(int.from_bytes(tag[:8], "little"))
+        for index, prefix in enumerate(needles):
             for run in state.runs:
                 at, size = int(run.prefixes.searchsorted(prefix)), run.size
                 while at < size and run.prefixes[at] == prefix:

@@ -167,6 +167,8 @@ def authenticate(context: Context, directory: DirectorySource | None) -> str:
     return identity.code
 
 
+# BulkMatch batches in flight on one stream beyond the store's lookups.
+_BULK_STAGES = 3
 # A BulkMatch batch's id and its lookup.
 _Started = tuple[int, asyncio.Task[policy.QueryResult]]
 
@@ -461,17 +463,19 @@ class HubService(hub_pb2_grpc.HubServicer):
     async def BulkMatch(
         self, request_iterator: AsyncIterator[hub_pb2.BulkMatchRequest], context: Context
     ) -> AsyncIterator[hub_pb2.BulkMatchResponse]:
-        """Answer each batch, in order, with its batch_id.  Up to the store's
-        `bulk_lookups_in_flight` batches are looked up at once (while the next
-        is received); each answer is sent as soon as it and those before it are
-        ready, so a client that waits for each answer before sending more is
-        served.  Each batch gets its own audit leaf, in the order the lookups
-        finish."""
+        """Answer each batch, in order, with its batch_id.  A few batches are
+        in flight at once (received, looked up, recorded, answered: the store
+        bounds how many it looks up together); each answer is sent as soon as
+        it and those before it are ready, so a client that waits for each
+        answer before sending more is served.  Each batch gets its own audit
+        leaf, in the order the lookups finish."""
         try:
             requester = self._caller(context)
         except Exception as exc:
             await _abort(context, exc)
-        slots = asyncio.Semaphore(self._store.bulk_lookups_in_flight)
+        # While one batch is looked up, the one before is recorded and the one
+        # before that sent: a few more than the store's lookups keep each stage busy.
+        slots = asyncio.Semaphore(self._store.bulk_lookups_in_flight + _BULK_STAGES)
         started: asyncio.Queue[_Started | None] = asyncio.Queue()
 
         async def read() -> None:

@@ -82,7 +82,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -91,6 +91,7 @@ from hub._store_sql import (
     _SMALL_QUERY,
     Db,
     MatchIdsOf,
+    PlacedRow,
     SqlStore,
     TagRow,
     _next_expiry,
@@ -158,9 +159,11 @@ class TagStore(Protocol):
     `requester` and `recipient` are bureau codes the caller has authenticated.
     """
 
-    # Bulk-match batches worth looking up at once on one stream: 1 where a
-    # lookup is bound by this process's CPU (in flight together they only
-    # take turns), more where it mostly waits for a database server.
+    # Large lookups (bulk-match batches) the store runs at once, over every
+    # stream: 1 where a lookup is bound by this process's CPU (in flight
+    # together they only take turns), more where it mostly waits for a
+    # database server.  Recording a batch's matches is not counted: the next
+    # batch's lookup overlaps it.
     bulk_lookups_in_flight: int
 
     async def begin_enrollment(self, owner: str, spec: EnrollSpec) -> Enrollment:
@@ -505,15 +508,34 @@ class _SqliteDb(MatchIdsOf):
             self._conn.execute(sql, [v for r in chunk for v in r])
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
-        # Only the locator's candidates are deduplicated and sorted: a bulk
-        # batch's 10,000 tags are mostly misses.
-        probes = sorted(
-            {(c.dataset_id, c.gen, tags[c.position]) for c in self._locator.candidates(tags)}
-        )
+        probes = {(c.dataset_id, c.gen, tags[c.position]) for c in self._locator.candidates(tags)}
+        found = self._probe(probes)
+        found.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+        return found
+
+    def query_rows(self, tags: QueryColumns) -> list[PlacedRow]:
+        # Only the locator's candidates are unpacked: a bulk batch's 10,000
+        # tags are mostly misses.
+        needles = packed_prefixes(tags.tags, TAG_LENGTH)
+        candidates = [(c, tags.tag_at(c.position)) for c in self._locator.candidates_of(needles)]
+        rows: dict[tuple[int, int, bytes], list[TagRow]] = {}
+        for row in self._probe({(c.dataset_id, c.gen, tag) for c, tag in candidates}):
+            rows.setdefault((row[1], row[2], row[0]), []).append(row)
+        placed = [
+            (c.position, row)
+            for c, tag in candidates
+            for row in rows.get((c.dataset_id, c.gen, tag), ())
+        ]
+        placed.sort(key=lambda p: (p[0], p[1][1], p[1][2], p[1][3]))
+        return placed
+
+    def _probe(self, probes: Collection[tuple[int, int, bytes]]) -> list[TagRow]:
+        """The rows of each (dataset_id, gen, tag), in no particular order."""
+        ordered = sorted(probes)  # neighbouring keys: B-tree pages still in the cache
         found: list[TagRow] = []
         # One statement per chunk of probes: the key lookups run in SQLite's loop.
-        for start in range(0, len(probes), _PROBES_PER_STATEMENT):
-            chunk = probes[start : start + _PROBES_PER_STATEMENT]
+        for start in range(0, len(ordered), _PROBES_PER_STATEMENT):
+            chunk = ordered[start : start + _PROBES_PER_STATEMENT]
             values = ", ".join(["(?, ?, ?)"] * len(chunk))
             found += self._conn.execute(
                 f"WITH c (dataset_id, gen, tag) AS (VALUES {values}) "  # noqa: S608 (placeholders)
@@ -523,7 +545,6 @@ class _SqliteDb(MatchIdsOf):
                 "AND r.gen = t.gen AND r.handle = t.handle",
                 [value for probe in chunk for value in probe],
             ).fetchall()
-        found.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
         return found
 
     def note_tags(self, dataset_id: int, gen: int, tags: Sequence[bytes]) -> None:

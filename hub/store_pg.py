@@ -60,6 +60,7 @@ from hub._store_sql import (
     _SMALL_QUERY,
     Db,
     MatchIdsOf,
+    PlacedRow,
     SqlEnrollment,
     SqlStore,
     TagRow,
@@ -73,6 +74,7 @@ from hub._store_sql import (
     _Written,
     insert_sql,
     load_match_ids,
+    place_rows,
 )
 from hub.columns import KeyColumns, QueryColumns
 from hub.errors import StorageError
@@ -372,6 +374,9 @@ class _PgDb(MatchIdsOf):
         ).fetchall()
         return _in_key_order(rows)
 
+    def query_rows(self, tags: QueryColumns) -> list[PlacedRow]:
+        return place_rows(tags, self.tag_rows(tags.tag_list()))
+
     def _copy(self, table: str, data: bytes) -> None:
         with (
             self._conn.cursor() as cursor,
@@ -643,7 +648,7 @@ class PostgresTagStore(SqlStore):
             return None
         rows = _in_key_order([row[1:] for row in found if row[1] is not None])
         searched = _searched(live, requester, epoch, include_own)
-        return (_hits(searched, tags, rows) if searched else []), len(searched)
+        return (_hits(searched, tags, place_rows(tags, rows)) if searched else []), len(searched)
 
     def _recover(self, db: Db, written: _Written) -> int:
         """Abort the staging generations of hub processes that are gone."""

@@ -78,6 +78,31 @@ def test_query_columns_round_trip(pairs: list[tuple[bytes, KeyType]]) -> None:
     assert make_query_columns(columns.tags, list(columns.codes), field="columns") == columns
 
 
+# Tags from a small alphabet of prefixes and suffixes: many share a prefix,
+# some repeat, so the prefix search must be confirmed by the whole tag.
+_shared_prefix_tags = st.builds(
+    lambda p, s: p + s,
+    st.sampled_from([bytes(8), b"\x01" * 8, b"\xff" * 8]),
+    st.sampled_from([bytes(8), b"\x02" * 8, b"ab" * 4]),
+)
+_any_tags = st.one_of(_shared_prefix_tags, st.binary(min_size=16, max_size=16))
+
+
+@given(
+    st.lists(_any_tags, max_size=40),
+    st.lists(st.one_of(_any_tags, st.binary(max_size=20)), max_size=12),
+    st.integers(min_value=1, max_value=3),
+)
+def test_positions_of_finds_exactly_the_wanted_tags(
+    tags: list[bytes], wanted: list[bytes], repeat: int
+) -> None:
+    tags = tags * repeat * 9  # batches beyond the few searched without arrays, too
+    columns = query_columns([policy.QueryTag(t, KeyType.PASSPORT) for t in tags])
+    expected = [i for i, tag in enumerate(tags) if tag in set(wanted)]
+    assert columns.positions_of(set(wanted)) == expected
+    assert all(columns.tag_at(i) == tags[i] for i in range(len(tags)))
+
+
 @given(st.binary(max_size=200), st.integers(min_value=1, max_value=20))
 def test_split_keeps_every_byte(data: bytes, width: int) -> None:
     data = data[: len(data) - len(data) % width]
