@@ -727,6 +727,15 @@ class SqliteTagStore(SqlStore):
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA query_only = 1")
+        # No memory map (PRAGMA mmap_size): the probes of one connection ran
+        # 12-20% faster through it, but every reader thread maps the file on
+        # its own and faults its pages in again; 1M tags against 10M took
+        # 1.45 s instead of 1.09-1.19.
+        return conn
+
     def _setup(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
@@ -823,8 +832,7 @@ class SqliteTagStore(SqlStore):
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = 1")
+            conn = self._connect_reader()
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -909,8 +917,7 @@ class SqliteTagStore(SqlStore):
             raise StorageError("the hub's store is closed")
         conn = self._loop_reader
         if conn is None:
-            conn = self._loop_reader = self._connect()
-            conn.execute("PRAGMA query_only = 1")
+            conn = self._loop_reader = self._connect_reader()
         try:
             conn.execute("BEGIN")
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -796,6 +797,32 @@ def test_sqlite_locator_is_rebuilt_on_open_and_after_sweeps(tmp_path: Path) -> N
 
     run(first())
     run(second())
+
+
+def test_sqlite_readers_are_read_only(tmp_path: Path) -> None:
+    """Both kinds of reader connection (the event loop's, for small lookups,
+    and the pool's, for large ones) refuse writes."""
+    from hub.store import SqliteTagStore
+
+    ks = keys(40)
+
+    async def scenario() -> None:
+        store = await SqliteTagStore.open(tmp_path / "hub.sqlite", auto_sweep=False)
+        try:
+            await enroll(store, "FRA", "w", ks)
+            assert await hit_indices(store, "DEU", ks[:1]) == [0]  # the loop's reader
+            assert await hit_indices(store, "DEU", ks) == list(range(40))  # a pool reader
+            readers = [store._loop_reader, *store._readers]
+            assert len(readers) == 2
+            for conn in readers:
+                assert conn is not None
+                assert conn.execute("PRAGMA query_only").fetchone() == (1,)
+                with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                    conn.execute("DELETE FROM tags")
+        finally:
+            await store.close()
+
+    run(scenario())
 
 
 def test_sqlite_locator_runs_are_merged_when_idle(
