@@ -182,12 +182,13 @@ def encode_tag_batch(
 def encode_bulk_batch(
     batch_id: int, tags: np.ndarray, key_types: np.ndarray, form: str = "columns"
 ) -> bytes:
-    """BulkMatchRequest{batch_id, epoch, columns} (what the agent sends), or
-    with form "keys" {batch_id, epoch, tags} in protobuf wire format, 22 bytes a tag."""
+    """BulkMatchRequest{batch_id, epoch, columns, answer_in_columns} (what the
+    agent sends), or with form "keys" {batch_id, epoch, tags} in protobuf wire
+    format, 22 bytes a tag (answered in `matches`)."""
     if form == "columns":
         columns = common_pb2.QueryTagColumns(tags=tags.tobytes(), key_types=key_types.tolist())
         return hub_pb2.BulkMatchRequest(
-            batch_id=batch_id, epoch=EPOCH, columns=columns
+            batch_id=batch_id, epoch=EPOCH, columns=columns, answer_in_columns=True
         ).SerializeToString()
     n = len(tags)
     rows = np.empty((n, 22), dtype=np.uint8)
@@ -739,9 +740,12 @@ async def bulk_match(
         reply = hub_pb2.BulkMatchResponse.FromString(raw)
         assert reply.batch_id == expected_id
         base = (expected_id - 1) * BATCH
-        for m in reply.matches:
-            matched[base + m.query_index] = True
-        matches += len(reply.matches)
+        if reply.HasField("match_columns"):
+            found = np.asarray(reply.match_columns.query_indices, dtype=np.int64)
+        else:
+            found = np.array([m.query_index for m in reply.matches], dtype=np.int64)
+        matched[base + found] = True
+        matches += len(found)
     await sending
     seconds = time.perf_counter() - start
     await channel.close()

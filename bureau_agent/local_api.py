@@ -57,7 +57,7 @@ from psi import audit
 from psi.errors import BlindmatchError, InvalidInputError
 from psi.identifiers import InvalidRecordError, MatchKey, Record, match_keys
 
-__all__ = ["AgentService"]
+__all__ = ["AgentService", "bulk_answer_matches"]
 
 log = logging.getLogger("blindmatch.agent")
 
@@ -598,6 +598,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                                 key_types=[key_type_to_proto(k.type) for k in batch.keys],
                             ),
                             include_own=request.include_own,
+                            answer_in_columns=True,
                         ),
                     )
                     answer = await self._within(
@@ -613,7 +614,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         requester=self._config.bureau,
                         tags=len(tags),
                     )
-                    for match in answer.matches:
+                    for match in bulk_answer_matches(answer, len(tags)):
                         record_id, line = batch.rows[match.query_index]
                         yield agent_pb2.LocalMatchEvent(
                             hit=agent_pb2.FileHit(record_id=record_id, line=line, match=match)
@@ -840,6 +841,50 @@ async def _all(tasks: Mapping[int, asyncio.Future[T]]) -> dict[int, T]:
         return {key: await task for key, task in tasks.items()}
     finally:
         _settle(tasks)
+
+
+_MATCH_ID_BYTES = 16
+
+
+def bulk_answer_matches(
+    answer: hub_pb2.BulkMatchResponse, batch_size: int
+) -> list[common_pb2.Match]:
+    """The matches of a bulk batch's answer, from `match_columns` or
+    `matches` (whichever the hub set), each checked to name a tag of the
+    batch; a malformed answer raises `InvalidInputError` naming the field."""
+    batch = answer.batch_id
+    if not answer.HasField("match_columns"):
+        for i, match in enumerate(answer.matches):
+            if match.query_index >= batch_size:
+                raise InvalidInputError(
+                    f"hub answered batch {batch} with query_index {match.query_index} for "
+                    f"{batch_size} tags",
+                    field=f"matches[{i}].query_index",
+                )
+        return list(answer.matches)
+    columns = answer.match_columns
+    count = len(columns.query_indices)
+    if len(columns.match_ids) != _MATCH_ID_BYTES * count or len(columns.kind_of) != count:
+        raise InvalidInputError(
+            f"hub answered batch {batch} with {count} query indices, "
+            f"{len(columns.match_ids)} bytes of match ids and {len(columns.kind_of)} kinds; "
+            f"want {_MATCH_ID_BYTES} bytes and one kind per index",
+            field="match_columns",
+        )
+    matches = []
+    for i, (index, kind) in enumerate(zip(columns.query_indices, columns.kind_of, strict=True)):
+        if index >= batch_size or kind >= len(columns.kinds):
+            raise InvalidInputError(
+                f"hub answered batch {batch} with query index {index} of {batch_size} tags, "
+                f"kind {kind} of {len(columns.kinds)}",
+                field=f"match_columns[{i}]",
+            )
+        match = common_pb2.Match()
+        match.CopyFrom(columns.kinds[kind])
+        match.query_index = index
+        match.match_id = columns.match_ids[i * _MATCH_ID_BYTES : (i + 1) * _MATCH_ID_BYTES].hex()
+        matches.append(match)
+    return matches
 
 
 def _settle(tasks: Mapping[int, asyncio.Future[Any]]) -> None:

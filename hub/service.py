@@ -169,8 +169,8 @@ def authenticate(context: Context, directory: DirectorySource | None) -> str:
 
 # BulkMatch batches in flight on one stream beyond the store's lookups.
 _BULK_STAGES = 3
-# A BulkMatch batch's id and its lookup.
-_Started = tuple[int, asyncio.Task[policy.QueryResult]]
+# A BulkMatch batch's id, whether it asked for columns, and its lookup.
+_Started = tuple[int, bool, asyncio.Task[policy.QueryResult]]
 
 
 def _now_ms() -> int:
@@ -208,6 +208,27 @@ def add_matches(
             match_id=hit.match_id,
             **_shown_fields(hit.policy, hit.owner, hit.category, hit.key_type),
         )
+
+
+def add_match_columns(into: hub_pb2.MatchColumns, hits: Iterable[policy.Hit]) -> None:
+    """`add_matches` in columns: each kind of hit (what `_shown_fields`
+    shows) once in `kinds`, every hit as an index, an id and its kind."""
+    kinds: dict[tuple[policy.DatasetPolicy, str, str, KeyType], int] = {}
+    indices: list[int] = []
+    ids: list[str] = []
+    kind_of: list[int] = []
+    for hit in hits:
+        key = (hit.policy, hit.owner, hit.category, hit.key_type)
+        kind = kinds.get(key)
+        if kind is None:
+            kind = kinds[key] = len(kinds)
+            into.kinds.add(**_shown_fields(*key))
+        indices.append(hit.query_index)
+        ids.append(hit.match_id)
+        kind_of.append(kind)
+    into.query_indices.extend(indices)
+    into.match_ids = bytes.fromhex("".join(ids))
+    into.kind_of.extend(kind_of)
 
 
 class HubService(hub_pb2_grpc.HubServicer):
@@ -483,7 +504,9 @@ class HubService(hub_pb2_grpc.HubServicer):
                 async for request in request_iterator:
                     await slots.acquire()
                     lookup = self._bulk_lookup(requester, request)
-                    started.put_nowait((request.batch_id, asyncio.create_task(lookup)))
+                    started.put_nowait(
+                        (request.batch_id, request.answer_in_columns, asyncio.create_task(lookup))
+                    )
             finally:
                 started.put_nowait(None)
 
@@ -499,18 +522,21 @@ class HubService(hub_pb2_grpc.HubServicer):
             reader.cancel()
             while not started.empty():
                 if (left := started.get_nowait()) is not None:
-                    left[1].cancel()
+                    left[2].cancel()
 
     @staticmethod
     async def _bulk_answer(
-        context: Context, batch_id: int, lookup: asyncio.Task[policy.QueryResult]
+        context: Context, batch_id: int, in_columns: bool, lookup: asyncio.Task[policy.QueryResult]
     ) -> hub_pb2.BulkMatchResponse:
         try:
             result = await lookup
         except Exception as exc:
             await _abort(context, exc, where=f"batch_id {batch_id}: ")
         response = hub_pb2.BulkMatchResponse(batch_id=batch_id, audit_index=result.audit_index)
-        add_matches(response.matches, result.hits)
+        if in_columns:
+            add_match_columns(response.match_columns, result.hits)
+        else:
+            add_matches(response.matches, result.hits)
         return response
 
     async def WatchNotices(

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blindmatch.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from bureau_agent import pki
+from bureau_agent.local_api import bulk_answer_matches
 from hub import policy
 from hub._store_sql import _CHUNK
 from hub.config import HubConfig
@@ -298,6 +299,18 @@ def test_bulk_match_answers_each_batch_in_order(federation: Federation, config: 
         answers = [a async for a in hub.DEU.BulkMatch(iter(requests), timeout=10)]
         assert [a.batch_id for a in answers] == list(range(100, 110))
         assert all([m.query_index for m in a.matches] == [2] for a in answers)
+        assert not any(a.HasField("match_columns") for a in answers)
+        # The same batches answered in columns: the same hits, new match ids.
+        for r in requests:
+            r.answer_in_columns = True
+        in_columns = [a async for a in hub.DEU.BulkMatch(iter(requests), timeout=10)]
+        assert [a.batch_id for a in in_columns] == list(range(100, 110))
+        for a, b in zip(answers, in_columns, strict=True):
+            assert not b.matches and b.HasField("match_columns")
+            [match] = bulk_answer_matches(b, 3)
+            assert match.query_index == 2 and match.match_id != a.matches[0].match_id
+            a.matches[0].match_id = match.match_id
+            assert match == a.matches[0]
         bad = [
             *requests[:2],
             hub_pb2.BulkMatchRequest(

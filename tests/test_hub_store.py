@@ -144,21 +144,22 @@ def test_answer_masks_by_policy(
     assert (shown.query_index, shown.match_id, shown.key_type) == (3, "id", KeyType.PHONE)
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    hits=st.lists(
-        st.builds(
-            policy.Hit,
-            query_index=st.integers(0, 9999),
-            match_id=st.binary(min_size=16, max_size=16).map(bytes.hex),
-            key_type=st.sampled_from(list(KeyType)),
-            owner=st.sampled_from(["DEU", "FRA"]),
-            category=st.sampled_from(["", "stolen", "wanted"]),
-            policy=st.builds(DatasetPolicy, st.booleans(), st.booleans(), st.booleans()),
-        ),
-        max_size=20,
-    )
+_hits = st.lists(
+    st.builds(
+        policy.Hit,
+        query_index=st.integers(0, 9999),
+        match_id=st.binary(min_size=16, max_size=16).map(bytes.hex),
+        key_type=st.sampled_from(list(KeyType)),
+        owner=st.sampled_from(["DEU", "FRA"]),
+        category=st.sampled_from(["", "stolen", "wanted"]),
+        policy=st.builds(DatasetPolicy, st.booleans(), st.booleans(), st.booleans()),
+    ),
+    max_size=20,
 )
+
+
+@settings(max_examples=200, deadline=None)
+@given(hits=_hits)
 def test_sent_matches_show_exactly_what_answer_decides(hits: list[policy.Hit]) -> None:
     """The service fills each sent Match from fields cached per kind of hit;
     each must equal `policy.answer` applied to that hit alone."""
@@ -179,6 +180,55 @@ def test_sent_matches_show_exactly_what_answer_decides(hits: list[policy.Hit]) -
         )
         assert (match.owner if match.HasField("owner") else None) == shown.owner
         assert (match.category if match.HasField("category") else None) == shown.category
+
+
+@settings(max_examples=200, deadline=None)
+@given(hits=_hits)
+def test_match_columns_carry_exactly_the_sent_matches(hits: list[policy.Hit]) -> None:
+    """A bulk answer in columns, as the agent reads it back, is the answer
+    in messages: same matches, same order, same fields."""
+    from bureau_agent.local_api import bulk_answer_matches
+    from hub.service import add_match_columns, add_matches
+
+    in_messages = hub_pb2.BulkMatchResponse(batch_id=4)
+    add_matches(in_messages.matches, hits)
+    in_columns = hub_pb2.BulkMatchResponse(batch_id=4)
+    add_match_columns(in_columns.match_columns, hits)
+    assert in_columns.HasField("match_columns")
+    assert len(in_columns.match_columns.kinds) == len(
+        {(h.policy, h.owner, h.category, h.key_type) for h in hits}
+    )
+    assert bulk_answer_matches(in_columns, 10_000) == list(in_messages.matches)
+    assert bulk_answer_matches(in_messages, 10_000) == list(in_messages.matches)
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda c: c.query_indices.append(3), "3 query indices"),
+        (lambda c: setattr(c, "match_ids", c.match_ids[:-1]), "31 bytes of match ids"),
+        (lambda c: c.kind_of.append(0), "3 kinds"),
+        (lambda c: c.kind_of.__setitem__(1, 5), "kind 5 of 1"),
+        (lambda c: c.query_indices.__setitem__(0, 10), "query index 10 of 10 tags"),
+    ],
+)
+def test_malformed_match_columns_are_refused(
+    damage: Callable[[hub_pb2.MatchColumns], None], fragment: str
+) -> None:
+    from bureau_agent.local_api import bulk_answer_matches
+    from hub.service import add_match_columns
+
+    hit = policy.Hit(2, bytes(16).hex(), KeyType.PASSPORT, "FRA", "", DatasetPolicy())
+    answer = hub_pb2.BulkMatchResponse(batch_id=9)
+    add_match_columns(answer.match_columns, [hit, hit._replace(query_index=7)])
+    assert [m.query_index for m in bulk_answer_matches(answer, 10)] == [2, 7]
+    damage(answer.match_columns)
+    with pytest.raises(InvalidInputError, match=fragment) as caught:
+        bulk_answer_matches(answer, 10)
+    assert "batch 9" in str(caught.value)
+    messages = hub_pb2.BulkMatchResponse(batch_id=9, matches=[common_pb2.Match(query_index=10)])
+    with pytest.raises(InvalidInputError, match="query_index 10 for 10 tags"):
+        bulk_answer_matches(messages, 10)
 
 
 def test_resolve_dataset_only_for_the_callers_own() -> None:

@@ -311,9 +311,14 @@ class BulkMatchRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     INCLUDE_OWN_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    ANSWER_IN_COLUMNS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     epoch: _builtins.int
     include_own: _builtins.bool
+    answer_in_columns: _builtins.bool
+    """Answer in BulkMatchResponse.match_columns instead of `matches` (a hub
+    that predates the field answers in `matches`; read whichever is set).
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTag]: ...
     @_builtins.property
@@ -326,14 +331,54 @@ class BulkMatchRequest(_message.Message):
         tags: _abc.Iterable[_common_pb2.QueryTag] | None = ...,
         include_own: _builtins.bool = ...,
         columns: _common_pb2.QueryTagColumns | None = ...,
+        answer_in_columns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "columns", b"columns", "epoch", b"epoch", "include_own", b"include_own", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_in_columns", b"answer_in_columns", "batch_id", b"batch_id", "columns", b"columns", "epoch", b"epoch", "include_own", b"include_own", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BulkMatchRequest: _TypeAlias = BulkMatchRequest  # noqa: Y015
+
+@_typing.final
+class MatchColumns(_message.Message):
+    """A bulk batch's matches as columns, in the order `matches` would list them.
+    Match i is the tag at query_indices[i]; its id is match_ids[16i : 16i + 16]
+    (Match.match_id is the hex of those bytes); it shows what kinds[kind_of[i]]
+    shows (key_type, strength, category, owner; the kind's query_index and
+    match_id are unset).  A batch's hits are few kinds of hit: one per dataset
+    policy, owner, category and key type.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_INDICES_FIELD_NUMBER: _builtins.int
+    MATCH_IDS_FIELD_NUMBER: _builtins.int
+    KIND_OF_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    match_ids: _builtins.bytes
+    @_builtins.property
+    def query_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def kind_of(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Match]: ...
+    def __init__(
+        self,
+        *,
+        query_indices: _abc.Iterable[_builtins.int] | None = ...,
+        match_ids: _builtins.bytes = ...,
+        kind_of: _abc.Iterable[_builtins.int] | None = ...,
+        kinds: _abc.Iterable[_common_pb2.Match] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind_of", b"kind_of", "kinds", b"kinds", "match_ids", b"match_ids", "query_indices", b"query_indices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchColumns: _TypeAlias = MatchColumns  # noqa: Y015
 
 @_typing.final
 class BulkMatchResponse(_message.Message):
@@ -342,20 +387,26 @@ class BulkMatchResponse(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     MATCHES_FIELD_NUMBER: _builtins.int
     AUDIT_INDEX_FIELD_NUMBER: _builtins.int
+    MATCH_COLUMNS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     audit_index: _builtins.int
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Match]: ...
+    @_builtins.property
+    def match_columns(self) -> Global___MatchColumns:
+        """instead of `matches`, when the request asked"""
+
     def __init__(
         self,
         *,
         batch_id: _builtins.int = ...,
         matches: _abc.Iterable[_common_pb2.Match] | None = ...,
         audit_index: _builtins.int = ...,
+        match_columns: Global___MatchColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["match_columns", b"match_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_index", b"audit_index", "batch_id", b"batch_id", "matches", b"matches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_index", b"audit_index", "batch_id", b"batch_id", "match_columns", b"match_columns", "matches", b"matches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
