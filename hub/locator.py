@@ -224,8 +224,13 @@ class TagLocator:
     def candidates(self, tags: Sequence[bytes]) -> list[Candidate]:
         """Each (position in `tags`, dataset, gen) that may hold that tag,
         ordered by position."""
-        if not tags or not self._state.runs:
+        state = self._state
+        if not tags or not state.runs:
             return []
+        if len(tags) <= _FEW:
+            return self._candidates_of_few(
+                [np.uint64(int.from_bytes(tag[:8], "little")) for tag in tags], state
+            )
         return self.candidates_of(prefixes_of(tags))
 
     def candidates_of(self, needles: Prefixes) -> list[Candidate]:
@@ -234,7 +239,7 @@ class TagLocator:
         if not needles.shape[0] or not state.runs:
             return []
         if needles.shape[0] <= _FEW:
-            return self._candidates_of_few(needles, state)
+            return self._candidates_of_few(list(needles), state)
         indices: list[npt.NDArray[np.intp]] = []
         slots: list[Slots] = []
         for run in state.runs:
@@ -262,7 +267,7 @@ class TagLocator:
         ]
 
     @staticmethod
-    def _candidates_of_few(needles: Prefixes, state: _State) -> list[Candidate]:
+    def _candidates_of_few(needles: Sequence[np.uint64], state: _State) -> list[Candidate]:
         # One scalar search per run and tag: a single query's lookup would
         # spend most of its time building arrays of one element.
         found: set[tuple[int, int]] = set()
