@@ -54,7 +54,7 @@ from bureau_agent.metrics import AgentMetrics
 from bureau_agent.records import EnrollmentWriter, RecordStore
 from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
 from psi import audit
-from psi.errors import BlindmatchError, InvalidInputError
+from psi.errors import BlindmatchError, InvalidInputError, PeerError
 from psi.identifiers import InvalidRecordError, MatchKey, Record, match_keys
 
 __all__ = ["AgentService", "bulk_answer_matches"]
@@ -607,7 +607,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     if not isinstance(answer, hub_pb2.BulkMatchResponse) or (
                         answer.batch_id != batch_id
                     ):
-                        raise InvalidInputError("hub answered bulk batches out of order")
+                        raise PeerError("hub answered bulk batches out of order")
                     self._audit_event(
                         answer.audit_index,
                         audit.EntryKind.QUERY,
@@ -851,33 +851,30 @@ def bulk_answer_matches(
 ) -> list[common_pb2.Match]:
     """The matches of a bulk batch's answer, from `match_columns` or
     `matches` (whichever the hub set), each checked to name a tag of the
-    batch; a malformed answer raises `InvalidInputError` naming the field."""
+    batch; a malformed answer raises `PeerError` naming the batch and field."""
     batch = answer.batch_id
     if not answer.HasField("match_columns"):
         for i, match in enumerate(answer.matches):
             if match.query_index >= batch_size:
-                raise InvalidInputError(
-                    f"hub answered batch {batch} with query_index {match.query_index} for "
-                    f"{batch_size} tags",
-                    field=f"matches[{i}].query_index",
+                raise PeerError(
+                    f"hub answered batch {batch} with matches[{i}].query_index "
+                    f"{match.query_index} for {batch_size} tags"
                 )
         return list(answer.matches)
     columns = answer.match_columns
     count = len(columns.query_indices)
     if len(columns.match_ids) != _MATCH_ID_BYTES * count or len(columns.kind_of) != count:
-        raise InvalidInputError(
-            f"hub answered batch {batch} with {count} query indices, "
+        raise PeerError(
+            f"hub answered batch {batch} with match_columns of {count} query indices, "
             f"{len(columns.match_ids)} bytes of match ids and {len(columns.kind_of)} kinds; "
-            f"want {_MATCH_ID_BYTES} bytes and one kind per index",
-            field="match_columns",
+            f"want {_MATCH_ID_BYTES} bytes and one kind per index"
         )
     matches = []
     for i, (index, kind) in enumerate(zip(columns.query_indices, columns.kind_of, strict=True)):
         if index >= batch_size or kind >= len(columns.kinds):
-            raise InvalidInputError(
-                f"hub answered batch {batch} with query index {index} of {batch_size} tags, "
-                f"kind {kind} of {len(columns.kinds)}",
-                field=f"match_columns[{i}]",
+            raise PeerError(
+                f"hub answered batch {batch} with match_columns[{i}]: query index {index} "
+                f"of {batch_size} tags, kind {kind} of {len(columns.kinds)}"
             )
         match = common_pb2.Match()
         match.CopyFrom(columns.kinds[kind])

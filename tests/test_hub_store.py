@@ -36,7 +36,7 @@ from hub.errors import (
 )
 from hub.policy import DatasetPolicy, EnrollSpec, QueryTag, TaggedKey
 from hub.store import TagStore
-from psi.errors import InvalidInputError
+from psi.errors import InvalidInputError, PeerError
 from psi.identifiers import KeyType, Strength
 from tests.stores import CHILD_OPEN, StoreBackend
 
@@ -223,11 +223,11 @@ def test_malformed_match_columns_are_refused(
     add_match_columns(answer.match_columns, [hit, hit._replace(query_index=7)])
     assert [m.query_index for m in bulk_answer_matches(answer, 10)] == [2, 7]
     damage(answer.match_columns)
-    with pytest.raises(InvalidInputError, match=fragment) as caught:
+    with pytest.raises(PeerError, match=fragment) as caught:
         bulk_answer_matches(answer, 10)
     assert "batch 9" in str(caught.value)
     messages = hub_pb2.BulkMatchResponse(batch_id=9, matches=[common_pb2.Match(query_index=10)])
-    with pytest.raises(InvalidInputError, match="query_index 10 for 10 tags"):
+    with pytest.raises(PeerError, match=r"matches\[0\].query_index 10 for 10 tags"):
         bulk_answer_matches(messages, 10)
 
 
