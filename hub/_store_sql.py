@@ -239,7 +239,6 @@ def _flags(policy: DatasetPolicy) -> int:
 
 
 @functools.lru_cache(maxsize=8)  # 3 flag bits; the policy is immutable
-@functools.lru_cache(maxsize=8)  # 3 bits: one shared, immutable policy per combination
 def _policy(flags: int) -> DatasetPolicy:
     return DatasetPolicy(
         reveal_owner=bool(flags & _REVEAL_OWNER),
