@@ -56,6 +56,7 @@ from bureau_agent.tagging import CustodiansUnavailable, ThresholdTagger
 from psi import audit
 from psi.errors import BlindmatchError, InvalidInputError, PeerError
 from psi.identifiers import InvalidRecordError, MatchKey, Record, match_keys
+from psi.sequence_ids import ID_LENGTH  # a match id: one AES block of its number
 
 __all__ = ["AgentService", "bulk_answer_matches"]
 
@@ -843,9 +844,6 @@ async def _all(tasks: Mapping[int, asyncio.Future[T]]) -> dict[int, T]:
         _settle(tasks)
 
 
-_MATCH_ID_BYTES = 16
-
-
 def bulk_answer_matches(
     answer: hub_pb2.BulkMatchResponse, batch_size: int
 ) -> list[common_pb2.Match]:
@@ -863,11 +861,11 @@ def bulk_answer_matches(
         return list(answer.matches)
     columns = answer.match_columns
     count = len(columns.query_indices)
-    if len(columns.match_ids) != _MATCH_ID_BYTES * count or len(columns.kind_of) != count:
+    if len(columns.match_ids) != ID_LENGTH * count or len(columns.kind_of) != count:
         raise PeerError(
             f"hub answered batch {batch} with match_columns of {count} query indices, "
             f"{len(columns.match_ids)} bytes of match ids and {len(columns.kind_of)} kinds; "
-            f"want {_MATCH_ID_BYTES} bytes and one kind per index"
+            f"want {ID_LENGTH} bytes and one kind per index"
         )
     matches = []
     for i, (index, kind) in enumerate(zip(columns.query_indices, columns.kind_of, strict=True)):
@@ -879,7 +877,7 @@ def bulk_answer_matches(
         match = common_pb2.Match()
         match.CopyFrom(columns.kinds[kind])
         match.query_index = index
-        match.match_id = columns.match_ids[i * _MATCH_ID_BYTES : (i + 1) * _MATCH_ID_BYTES].hex()
+        match.match_id = columns.match_ids[i * ID_LENGTH : (i + 1) * ID_LENGTH].hex()
         matches.append(match)
     return matches
 
