@@ -101,11 +101,17 @@ TagRow = tuple[bytes, int, int, bytes, int, int, int | None]
 PlacedRow = tuple[int, TagRow]
 
 
-def insert_sql(table: str, columns: Sequence[str], rows: int) -> str:
-    """`INSERT INTO table (columns) VALUES (?, ...), ...` for `rows` rows
-    (`Db.insert`; table and columns are the caller's constants)."""
+def insert_statements(
+    table: str, columns: Sequence[str], rows: Sequence[Sequence[object]], per_statement: int
+) -> Iterator[tuple[str, list[object]]]:
+    """`rows` as multi-row `INSERT INTO table (columns) VALUES (?, ...), ...`
+    statements of at most `per_statement` rows each, with their flattened
+    arguments (`Db.insert`; table and columns are the caller's constants)."""
     row = "(" + ", ".join("?" * len(columns)) + ")"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * rows)  # noqa: S608
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        yield head + ", ".join([row] * len(chunk)), [v for r in chunk for v in r]
 
 
 class Rows(Protocol):
@@ -144,11 +150,10 @@ class Db(Protocol):
         ...
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        """INSERT `rows` into `table` in as few round trips as the database
-        allows.  SQLite: statements of up to 500 rows each (`executemany`
-        steps once per row, and the writer thread gives up and retakes the
-        GIL at every step, each time waiting for the event loop); PostgreSQL:
-        `executemany` (one pipeline)."""
+        """INSERT `rows` into `table` as multi-row statements
+        (`insert_statements`): `executemany` costs a step per row on SQLite
+        (the writer thread gives up and retakes the GIL at each, waiting for
+        the event loop) and a pipelined message per row on PostgreSQL."""
         ...
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:

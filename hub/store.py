@@ -98,7 +98,7 @@ from hub._store_sql import (
     _RawHit,
     _recover,
     _Written,
-    insert_sql,
+    insert_statements,
     load_match_ids,
 )
 from hub.audit import AuditTree
@@ -502,10 +502,8 @@ class _SqliteDb(MatchIdsOf):
         return self._conn.executemany(sql, rows).rowcount
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            sql = insert_sql(table, columns, len(chunk))
-            self._conn.execute(sql, [v for r in chunk for v in r])
+        for sql, args in insert_statements(table, columns, rows, _ROWS_PER_INSERT):
+            self._conn.execute(sql, args)
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         probes = {(c.dataset_id, c.gen, tags[c.position]) for c in self._locator.candidates(tags)}

@@ -72,7 +72,7 @@ from hub._store_sql import (
     _searched,
     _update,
     _Written,
-    insert_sql,
+    insert_statements,
     load_match_ids,
     place_rows,
 )
@@ -96,6 +96,9 @@ _MIGRATE_LOCK = 2
 _CHANNEL = "blindmatch_hub"
 # Audit leaves read per query when catching up.
 _CATCH_UP_PAGE = 10_000
+# Rows per multi-row INSERT (`Db.insert`): 5,000 parameters for the widest
+# table, under PostgreSQL's 65,535 per statement.
+_ROWS_PER_INSERT = 500
 
 _SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -363,7 +366,8 @@ class _PgDb(MatchIdsOf):
             return cursor.rowcount
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        self.executemany(insert_sql(table, columns, 1), rows)
+        for sql, args in insert_statements(table, columns, rows, _ROWS_PER_INSERT):
+            self._conn.execute(_pg(sql), args)
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         if not tags:

@@ -587,7 +587,7 @@ def test_concurrent_queries_each_get_their_own_audit_leaf(
 def test_a_query_with_more_hits_than_one_insert_takes_records_them_all(
     open_store: OpenStore, store_backend: StoreBackend
 ) -> None:
-    """Matches go in as multi-row INSERTs of at most 500 rows on SQLite:
+    """Matches go in as multi-row INSERTs of at most 500 rows on both stores:
     1,201 hits (three statements) are all stored, each with its own id."""
     ks = keys(1201)
 
