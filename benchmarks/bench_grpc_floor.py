@@ -184,7 +184,9 @@ def render(report: dict[str, Any]) -> str:
             f"  -> {row['transport']}, {row['servers']} server process(es): highest load held "
             f"{row['highest_rate_held']:,.0f} calls/s"
         )
-    lines.append("  (server, client = CPU cores used by the server processes and the load generator)")
+    lines.append(
+        "  (server, client = CPU cores used by the server processes and the load generator)"
+    )
     return "\n".join(lines)
 
 

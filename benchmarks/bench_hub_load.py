@@ -240,7 +240,9 @@ def check_encoders() -> None:
     assert digest_of(keys.tags, keys.handles, keys.key_types) == manual.digest()
 
 
-def query_mix(keys: Keys, count: int, hit_rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def query_mix(
+    keys: Keys, count: int, hit_rate: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` query tags: a fraction `hit_rate` drawn from the enrolled keys
     (with their key type), the rest fresh random tags; and which are hits."""
     rng = np.random.default_rng(seed)
@@ -350,7 +352,6 @@ class HubProcess:
             return self.process.wait()
 
 
-
 def sqlite_disk_bytes(database: Path) -> dict[str, int]:
     out = {}
     for suffix in ("", "-wal", "-shm"):
@@ -398,7 +399,7 @@ class Profiler:
 
     def summary(self, top: int = 12) -> dict[str, Any]:
         """Shares of samples: per thread, by innermost frame, and by the hub's own
-    frames anywhere on the stack (inclusive)."""
+        frames anywhere on the stack (inclusive)."""
         if not self.enabled or not self.path.exists():
             return {}
         return summarize_stacks(self.path.read_text().splitlines(), top)
@@ -569,7 +570,8 @@ async def open_loop(
     """Send requests[i] at t0 + i / rate on channel i % len(channels), whatever
     is still outstanding; latency from the scheduled time to the answer."""
     calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
-        ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in channels
+        ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+        for ch in channels
     ]
     total = int(rate * seconds)
     latencies: list[float] = []
@@ -605,7 +607,10 @@ async def open_loop(
     # What completes within one second after the schedule counts as on time.
     with_deadline = asyncio.gather(*outstanding)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(with_deadline), timeout=max(0.0, end_of_schedule + 1.0 - time.perf_counter()))
+        await asyncio.wait_for(
+            asyncio.shield(with_deadline),
+            timeout=max(0.0, end_of_schedule + 1.0 - time.perf_counter()),
+        )
     on_time = len(latencies) + sum(errors.values())
     await with_deadline
     ms = [x * 1000 for x in latencies]
@@ -670,8 +675,10 @@ async def latency_sweep(
         await open_loop(channels, method, requests[-200:], 200, 1.0, None)
         steps: list[dict[str, Any]] = []
         for rate in rates:
-            if len(steps) >= 2 and not any(st["held"] for st in steps[-2:]) and all(
-                st["completed_on_time"] < 0.9 * st["sent"] for st in steps[-2:]
+            if (
+                len(steps) >= 2
+                and not any(st["held"] for st in steps[-2:])
+                and all(st["completed_on_time"] < 0.9 * st["sent"] for st in steps[-2:])
             ):
                 log(f"    {rate:>6,.0f}/s  skipped: saturated at lower rates")
                 continue
@@ -1019,7 +1026,9 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
             ingest_row["profile"] = prof.summary()
         memory["after_ingest"] = {**proc_memory(hub.pid), **store.server_memory()}
         disk_running = store.disk()
-        log(f"  {ingest_row['tags_per_s']:,.0f} tags/s; disk {sum(disk_running.values()) / keys.n:.1f} B/tag")
+        log(
+            f"  {ingest_row['tags_per_s']:,.0f} tags/s; disk {sum(disk_running.values()) / keys.n:.1f} B/tag"
+        )
 
         quiet["latency"] = wait_for_quiet(args.wait_quiet)
         log(f"query latency, {args.clients} clients, open loop ...")
@@ -1078,7 +1087,8 @@ def measure(args: Args, keys: Keys, store: Store, root: Path, federation: Path) 
             "closed_bytes_per_tag": sum(disk_closed.values()) / keys.n,
             # The data files alone (SQLite's WAL is empty after a clean shutdown;
             # PostgreSQL's pg_wal is recycled, its size set by max_wal_size).
-            "data_bytes_per_tag": disk_closed.get("db", disk_closed.get("database_files", 0)) / keys.n,
+            "data_bytes_per_tag": disk_closed.get("db", disk_closed.get("database_files", 0))
+            / keys.n,
             "target_bytes_per_tag": TARGETS["bytes_per_tag"],
         },
         "memory": memory,
@@ -1106,29 +1116,55 @@ def source_state() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     assert __doc__
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tags", type=int, default=2_000_000, help="enrolled tags (full run: 10000000)")
+    parser.add_argument(
+        "--tags", type=int, default=2_000_000, help="enrolled tags (full run: 10000000)"
+    )
     parser.add_argument("--datasets", type=int, default=194)
     parser.add_argument("--owners", type=int, default=8, help="bureaus owning the datasets")
     parser.add_argument("--bulk", type=int, default=1_000_000, help="tags in the bulk match")
-    parser.add_argument("--bulk-runs", type=int, default=3, help="bulk matches (the median is reported)")
-    parser.add_argument("--hit-rate", type=float, default=0.05, help="fraction of query tags enrolled")
-    parser.add_argument("--rates", default="250,500,1000,1500,2000,3000", help="offered q/s, comma-separated")
+    parser.add_argument(
+        "--bulk-runs", type=int, default=3, help="bulk matches (the median is reported)"
+    )
+    parser.add_argument(
+        "--hit-rate", type=float, default=0.05, help="fraction of query tags enrolled"
+    )
+    parser.add_argument(
+        "--rates", default="250,500,1000,1500,2000,3000", help="offered q/s, comma-separated"
+    )
     parser.add_argument("--step-seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--listeners", type=int, default=None,
-                        help="gRPC servers sharing the hub's port (hub.toml listeners; default: the hub's)")
+    parser.add_argument(
+        "--listeners",
+        type=int,
+        default=None,
+        help="gRPC servers sharing the hub's port (hub.toml listeners; default: the hub's)",
+    )
     parser.add_argument("--ingest-streams", type=int, default=2, help="enrollments in flight")
     parser.add_argument("--enroll-batch", type=int, default=BATCH, help="keys per TagBatch")
-    parser.add_argument("--form", choices=["columns", "keys"], default="columns",
-                        help="how batches carry keys: TaggedKeyColumns (the agent's form) or one message per key")
+    parser.add_argument(
+        "--form",
+        choices=["columns", "keys"],
+        default="columns",
+        help="how batches carry keys: TaggedKeyColumns (the agent's form) or one message per key",
+    )
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--profile", action="store_true", help="sample the hub with py-spy")
-    parser.add_argument("--profile-dir", type=Path, default=PROFILES, help="py-spy's collapsed stacks")
+    parser.add_argument(
+        "--profile-dir", type=Path, default=PROFILES, help="py-spy's collapsed stacks"
+    )
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--wait-quiet", type=float, default=60.0,
-                        help="before each phase, wait up to this many seconds for other processes to go quiet")
-    parser.add_argument("--hubs", type=int, default=2,
-                        help="hub processes on one database for a second query sweep (PostgreSQL only; 1: none)")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="before each phase, wait up to this many seconds for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--hubs",
+        type=int,
+        default=2,
+        help="hub processes on one database for a second query sweep (PostgreSQL only; 1: none)",
+    )
     parser.add_argument("--json-out", type=Path, default=RESULTS)
     ns = parser.parse_args(argv)
     args = Args(
@@ -1259,12 +1295,19 @@ def render(r: dict[str, Any]) -> str:
         q = lat[QUERY]["highest_rate_held"]
         several = lat.get("several_hubs")
         if several:
-            lines.append(f"  {several['hubs']} hub processes on this database, each client connected to one:")
+            lines.append(
+                f"  {several['hubs']} hub processes on this database, each client connected to one:"
+            )
             lines += [_step_row(QUERY, step) for step in several[QUERY]["steps"]]
         lines += [
-            "  highest load held: " + ", ".join(f"{c} {lat[c]['highest_rate_held']:,.0f} q/s" for c in METHODS)
+            "  highest load held: "
+            + ", ".join(f"{c} {lat[c]['highest_rate_held']:,.0f} q/s" for c in METHODS)
             + f"   Query target >= {TARGETS['query_rate_at_p99']:,}: {_ok(q >= TARGETS['query_rate_at_p99'])}"
-            + (f"; {several['hubs']} hubs: {several[QUERY]['highest_rate_held']:,.0f} q/s" if several else ""),
+            + (
+                f"; {several['hubs']} hubs: {several[QUERY]['highest_rate_held']:,.0f} q/s"
+                if several
+                else ""
+            ),
             "",
             f"  bulk match {b['tags']:,} tags against {b['index_tags']:,} ({b['batches']} batches): "
             f"{b['seconds']:.2f} s (median; runs "
@@ -1278,8 +1321,10 @@ def render(r: dict[str, Any]) -> str:
         if "postgres_pss" in m.get("after_bulk", {}):
             lines.append(f"  PostgreSQL server memory (PSS, all its processes): "
                          f"{m['after_bulk']['postgres_pss'] / 1e6:,.0f} MB")  # fmt: skip
-    lines.append("\n  (hub, client = CPU cores the hub process and this load generator used; others = "
-                 "cores used by processes outside this benchmark during the phase; the machine has 2)")
+    lines.append(
+        "\n  (hub, client = CPU cores the hub process and this load generator used; others = "
+        "cores used by processes outside this benchmark during the phase; the machine has 2)"
+    )
     lines.append(f"wall time {r['wall_seconds']:.0f} s")
     return "\n".join(lines)
 

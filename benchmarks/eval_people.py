@@ -203,9 +203,11 @@ def _format_variant(rng: random.Random, p: Person) -> Variant:
         elif op == "lower":
             name = name.lower()
         elif op == "comma":
-            name = ", ".join(
-                (" ".join(p.surname), " ".join(p.given + p.middle))
-            ) if p.locale != "zh_CN" else name
+            name = (
+                ", ".join((" ".join(p.surname), " ".join(p.given + p.middle)))
+                if p.locale != "zh_CN"
+                else name
+            )
         elif op == "swap" and p.locale != "zh_CN":
             name = _full(p, surname_first=p.locale != "vi_VN")
             if p.locale == "vi_VN":
@@ -449,8 +451,13 @@ def _typo_variant(rng: random.Random, p: Person) -> Variant:
             word = word[:j] + rng.choice(word) + word[j + 1 :]
     parts[i] = word
     n_given = len(p.given) + len(p.middle)
-    q = Person(p.locale, tuple(parts[: len(p.given)]), tuple(parts[len(p.given) : n_given]),
-               tuple(parts[n_given:]), p.dob)
+    q = Person(
+        p.locale,
+        tuple(parts[: len(p.given)]),
+        tuple(parts[len(p.given) : n_given]),
+        tuple(parts[n_given:]),
+        p.dob,
+    )
     return Variant("typo", _full(q), p.dob.strftime("%d.%m.%Y"), None, how)
 
 

@@ -659,8 +659,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k in ks:
                 wait_for_quiet(args.wait_quiet)
                 row = run_federation(
-                    k, files, planted, n, work, args.query_interval, args.rpc_timeout,
-                    args.agent_workers
+                    k,
+                    files,
+                    planted,
+                    n,
+                    work,
+                    args.query_interval,
+                    args.rpc_timeout,
+                    args.agent_workers,
                 )
                 fed_rows.append(row)
                 log(f"  K={k}: federation {row['federation_seconds']:.1f} s, {row['records_per_s']:,.0f} records/s, "

@@ -92,9 +92,9 @@ def _v1_year(tokens: tuple[str, ...], date: PartialDate) -> frozenset[str]:
     return frozenset(f"{codes}|{date.year}" for codes in _names(tokens))
 
 
-def _per_token(code: Callable[[str], str], year_only: bool = False) -> Callable[
-    [tuple[str, ...], PartialDate], frozenset[str]
-]:
+def _per_token(
+    code: Callable[[str], str], year_only: bool = False
+) -> Callable[[tuple[str, ...], PartialDate], frozenset[str]]:
     cached = lru_cache(maxsize=None)(code)
 
     def fuzzy(tokens: tuple[str, ...], date: PartialDate) -> frozenset[str]:
@@ -127,9 +127,9 @@ DESIGNS = (
 )  # fmt: skip
 
 
-def _keys(design: Design, tokens: tuple[str, ...], date: PartialDate) -> tuple[
-    frozenset[str], frozenset[str]
-]:
+def _keys(
+    design: Design, tokens: tuple[str, ...], date: PartialDate
+) -> tuple[frozenset[str], frozenset[str]]:
     return _exact(tokens, date), design.fuzzy(tokens, date)
 
 
@@ -186,7 +186,9 @@ def evaluate_labelled(people: list[Person], all_variants: list[list[Variant]]) -
             for k in fuzzy:
                 fuzzy_index[k].add(i)
         stats: dict[str, dict[str, object]] = {}
-        per_locale: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+        per_locale: dict[str, dict[str, list[int]]] = defaultdict(
+            lambda: defaultdict(lambda: [0, 0])
+        )
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
         for i, row in enumerate(parsed):
             for v, tp in row:

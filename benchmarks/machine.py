@@ -124,7 +124,11 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.25, window: float = 5.0
             if cores >= threshold:
                 print(f"the machine is still busy ({cores:.2f} cores used by other processes) "
                       f"after {waited:.0f} s; measuring anyway", file=sys.stderr, flush=True)  # fmt: skip
-            return {"waited_s": round(waited, 1), "other_cpu_cores": cores, "quiet": cores < threshold}
+            return {
+                "waited_s": round(waited, 1),
+                "other_cpu_cores": cores,
+                "quiet": cores < threshold,
+            }
         if len(seen) == 1:
             print(f"other processes use {cores:.2f} cores; waiting up to {max_wait:.0f} s for a "
                   "quiet machine ...", file=sys.stderr, flush=True)  # fmt: skip

@@ -42,9 +42,7 @@ T = TypeVar("T")
 INLINE_ELEMENTS = 8
 
 
-async def run_job(
-    executor: Executor, elements: int, fn: Callable[..., T], *args: object
-) -> T:
+async def run_job(executor: Executor, elements: int, fn: Callable[..., T], *args: object) -> T:
     """`fn(*args)` in the pool, or right here when it covers at most
     `INLINE_ELEMENTS` elements."""
     if elements <= INLINE_ELEMENTS:

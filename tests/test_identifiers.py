@@ -71,32 +71,49 @@ def test_oprf_input_is_prefixed_utf8() -> None:
             "hans muller peter",
             id="german-umlaut",
         ),
-        pytest.param(["François Pérez", "FRANCOIS PEREZ", "Perez, François"], "francois perez",
-                     id="french"),
-        pytest.param(["Şükrü Çağlar", "SUKRU CAGLAR", "İsmail", "ismail"][:2], "caglar sukru",
-                     id="turkish"),
-        pytest.param(["Łukasz Wiśniewski", "Lukasz WISNIEWSKI"], "lukasz wisniewski",
-                     id="polish"),
-        pytest.param(["Nguyễn Văn Thành", "NGUYEN VAN THANH", "Thanh Nguyen Van"],
-                     "nguyen thanh van", id="vietnamese"),
-        pytest.param(["Пётр Ильич Чайковский", "PETR ILICH CHAIKOVSKII"], "chaikovskii ilich petr",
-                     id="russian-icao"),
+        pytest.param(
+            ["François Pérez", "FRANCOIS PEREZ", "Perez, François"], "francois perez", id="french"
+        ),
+        pytest.param(
+            ["Şükrü Çağlar", "SUKRU CAGLAR", "İsmail", "ismail"][:2], "caglar sukru", id="turkish"
+        ),
+        pytest.param(["Łukasz Wiśniewski", "Lukasz WISNIEWSKI"], "lukasz wisniewski", id="polish"),
+        pytest.param(
+            ["Nguyễn Văn Thành", "NGUYEN VAN THANH", "Thanh Nguyen Van"],
+            "nguyen thanh van",
+            id="vietnamese",
+        ),
+        pytest.param(
+            ["Пётр Ильич Чайковский", "PETR ILICH CHAIKOVSKII"],
+            "chaikovskii ilich petr",
+            id="russian-icao",
+        ),
         pytest.param(["Юрий Гагарин", "Gagarin, Iurii"], "gagarin iurii", id="russian-iurii"),
-        pytest.param(["Олександр Шевченко", "OLEKSANDR SHEVCHENKO"], "oleksandr shevchenko",
-                     id="ukrainian"),
-        pytest.param(["Γιώργος Παπαδόπουλος", "GIORGOS PAPADOPOULOS", "ΓΙΩΡΓΟΣ ΠΑΠΑΔΟΠΟΥΛΟΣ"],
-                     "giorgos papadopoulos", id="greek-elot743"),
+        pytest.param(
+            ["Олександр Шевченко", "OLEKSANDR SHEVCHENKO"], "oleksandr shevchenko", id="ukrainian"
+        ),
+        pytest.param(
+            ["Γιώργος Παπαδόπουλος", "GIORGOS PAPADOPOULOS", "ΓΙΩΡΓΟΣ ΠΑΠΑΔΟΠΟΥΛΟΣ"],
+            "giorgos papadopoulos",
+            id="greek-elot743",
+        ),
         pytest.param(["Σταύρος", "Stavros"], "stavros", id="greek-av"),
-        pytest.param(["习近平", "Xi Jinping", "XI JINPING", "Jinping Xi", "习 近平"], "jinping xi",
-                     id="chinese-pinyin"),
+        pytest.param(
+            ["习近平", "Xi Jinping", "XI JINPING", "Jinping Xi", "习 近平"],
+            "jinping xi",
+            id="chinese-pinyin",
+        ),
         pytest.param(["欧阳修", "Ouyang Xiu"], "ouyang xiu", id="chinese-compound-surname"),
         pytest.param(["김정은", "Gim Jeongeun"], "gim jeongeun", id="korean"),
         pytest.param(["مُحَمَّد بن سلمان", "محمد بن سلمان"], "bn mhmd slmn", id="arabic-vocalised"),
         pytest.param(["عبد الرحمن", "عبد ال رحمن"], "al bd rhmn", id="arabic-article"),
         pytest.param(["O'Brien", "OBRIEN", "O’Brien"], "obrien", id="apostrophe"),
         pytest.param(["Ｈａｎｓ", "Hans"], "hans", id="nfkc-fullwidth"),
-        pytest.param(["Ludwig van Beethoven", "Beethoven, Ludwig van"], "beethoven ludwig van",
-                     id="particle-kept-in-exact"),
+        pytest.param(
+            ["Ludwig van Beethoven", "Beethoven, Ludwig van"],
+            "beethoven ludwig van",
+            id="particle-kept-in-exact",
+        ),
     ],
 )
 def test_canonical_name(variants: list[str], canonical: str) -> None:

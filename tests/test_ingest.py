@@ -1,4 +1,3 @@
-
 """Ingest of bureau files and the `blindmatch check` command, on real files."""
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ def schema_of(text: str, tmp_path: Path) -> Schema:
     return Schema.load(path)
 
 
-def rows_of(data: bytes, schema: Schema, tmp_path: Path, name: str = "data.csv") -> list[
-    Accepted | Rejected
-]:
+def rows_of(
+    data: bytes, schema: Schema, tmp_path: Path, name: str = "data.csv"
+) -> list[Accepted | Rejected]:
     path = tmp_path / name
     path.write_bytes(data)
     return list(read_rows(path, schema))
@@ -77,8 +76,10 @@ def test_example_schemas_load() -> None:
         ('format = "csv"\nid = "id"\nphone_region = "XX"\n[fields]\nname = "n"', "phone_region"),
         ('format = "csv"\nid = "id"\ndate_order = "DYM"\n[fields]\nname = "n"', "date_order"),
         ('format = "csv"\nid = "id"\nencoding = "klingon"\n[fields]\nname = "n"', "encoding"),
-        ('format = "csv"\nid = "id"\n[defaults]\npassport_issuer = "XYZ"\n[fields]\nname = "n"',
-         "country code"),
+        (
+            'format = "csv"\nid = "id"\n[defaults]\npassport_issuer = "XYZ"\n[fields]\nname = "n"',
+            "country code",
+        ),
         ('format = "csv"\nid = "id"\n[fields]\nphone = ["a", "b"]', "only name"),
         ("format = ", "not valid TOML"),
     ],
@@ -144,8 +145,9 @@ def test_rejected_rows_name_line_and_field(tmp_path: Path) -> None:
 
 
 def test_unknown_issuer_and_default_issuer(tmp_path: Path) -> None:
-    text = CSV_SCHEMA.replace('passport = "passport"', 'passport = "passport"\n'
-                              'passport_issuer = "country"')
+    text = CSV_SCHEMA.replace(
+        'passport = "passport"', 'passport = "passport"\npassport_issuer = "country"'
+    )
     schema = schema_of(text, tmp_path)
     header = "id,surname,given,dob,passport,country,iban\n"
     rows = rows_of(
@@ -174,8 +176,9 @@ def test_bad_utf8_rejects_only_its_row(tmp_path: Path) -> None:
 
 
 def test_latin1_file_with_declared_encoding(tmp_path: Path) -> None:
-    schema = schema_of(CSV_SCHEMA.replace('format = "csv"', 'format = "csv"\nencoding = "latin-1"'),
-                       tmp_path)
+    schema = schema_of(
+        CSV_SCHEMA.replace('format = "csv"', 'format = "csv"\nencoding = "latin-1"'), tmp_path
+    )
     rows = rows_of(HEADER.encode() + b"1,M\xfcller,Hans,1980,,\n", schema, tmp_path)
     assert isinstance(rows[0], Accepted)
 
@@ -184,8 +187,12 @@ def test_enormous_fields_are_rejected_not_fatal(tmp_path: Path) -> None:
     schema = schema_of(CSV_SCHEMA, tmp_path)
     data = (
         HEADER
-        + "1,Müller," + "x" * 5000 + ",1980,,\n"  # over max_field_chars
-        + "2,Müller," + "y" * 300_000 + ",1980,,\n"  # over the csv module's limit
+        + "1,Müller,"
+        + "x" * 5000
+        + ",1980,,\n"  # over max_field_chars
+        + "2,Müller,"
+        + "y" * 300_000
+        + ",1980,,\n"  # over the csv module's limit
         + "3,Meier,Hans,1980,,\n"
     ).encode()
     rows = rows_of(data, schema, tmp_path)
@@ -194,8 +201,9 @@ def test_enormous_fields_are_rejected_not_fatal(tmp_path: Path) -> None:
 
 
 def test_semicolon_delimiter(tmp_path: Path) -> None:
-    schema = schema_of(CSV_SCHEMA.replace('format = "csv"', 'format = "csv"\ndelimiter = ";"'),
-                       tmp_path)
+    schema = schema_of(
+        CSV_SCHEMA.replace('format = "csv"', 'format = "csv"\ndelimiter = ";"'), tmp_path
+    )
     rows = rows_of(b"id;surname;given;dob;passport;iban\n1;A;B;1980;;\n", schema, tmp_path)
     assert isinstance(rows[0], Accepted)
 
@@ -257,8 +265,9 @@ def test_jsonl_rejections(tmp_path: Path) -> None:
         b'{"id": "9", "name": "Anna", "dob": "1980", "email": "not-an-email"}',
         b'{"id": "10", "name": "Anna", "dob": "1980"}',
     ]
-    rows = rows_of(b"\n".join(lines) + b"\n", schema_of(JSONL_SCHEMA, tmp_path), tmp_path,
-                   "data.jsonl")
+    rows = rows_of(
+        b"\n".join(lines) + b"\n", schema_of(JSONL_SCHEMA, tmp_path), tmp_path, "data.jsonl"
+    )
     assert rejections(rows) == [
         (4, "line"), (5, "line"), (6, "line"), (7, "line"), (8, "line"), (9, "dob"),
         (11, "email"),
@@ -279,8 +288,7 @@ def _bad_file(tmp_path: Path) -> tuple[Path, Path]:
     schema = tmp_path / "schema.toml"
     schema.write_text(CSV_SCHEMA, encoding="utf-8")
     data = tmp_path / "data.csv"
-    data.write_text(HEADER + "1,Müller,Hans,1980,,\n2,Müller,Hans,1980-13-01,,\n",
-                    encoding="utf-8")
+    data.write_text(HEADER + "1,Müller,Hans,1980,,\n2,Müller,Hans,1980-13-01,,\n", encoding="utf-8")
     return data, schema
 
 
