@@ -150,10 +150,11 @@ class Db(Protocol):
         ...
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        """INSERT `rows` into `table` as multi-row statements
-        (`insert_statements`): `executemany` costs a step per row on SQLite
-        (the writer thread gives up and retakes the GIL at each, waiting for
-        the event loop) and a pipelined message per row on PostgreSQL."""
+        """INSERT `rows` into `table`.  SQLite: multi-row statements
+        (`insert_statements`; `executemany` costs a step per row, and the
+        writer thread gives up and retakes the GIL at each, waiting for the
+        event loop); PostgreSQL: one multi-row statement for a few rows, COPY
+        for more."""
         ...
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:

@@ -96,9 +96,11 @@ _MIGRATE_LOCK = 2
 _CHANNEL = "blindmatch_hub"
 # Audit leaves read per query when catching up.
 _CATCH_UP_PAGE = 10_000
-# Rows per multi-row INSERT (`Db.insert`): 5,000 parameters for the widest
-# table, under PostgreSQL's 65,535 per statement.
-_ROWS_PER_INSERT = 500
+# `Db.insert` of more rows than this goes through COPY: psycopg formats COPY
+# rows in C (0.8 ms of CPU per 500 match rows) but dumps an INSERT's
+# parameters one by one (11 ms); a few rows take one multi-row INSERT (one
+# round trip, where COPY takes two).
+_INSERT_AT_MOST = 16
 
 _SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -341,6 +343,26 @@ _REMOVED = (
 )
 
 
+# `t.tag = ANY(...)` over tags sent as one bytea of 16-byte tags, split by the
+# server: psycopg dumps a Python list element by element (~2.5 us per tag, 25
+# ms of the hub's CPU per 10,000-tag lookup) and one bytes value in one copy
+# (3 ms).  The array is an InitPlan, so the tags' primary key is still probed.
+_ANY_TAG_OF_PACKED = (
+    f"ANY(ARRAY(SELECT substring(p.tags FROM i * {TAG_LENGTH} + 1 FOR {TAG_LENGTH}) "  # noqa: S608
+    f"FROM (SELECT %s::bytea AS tags) p, "
+    f"generate_series(0, length(p.tags) / {TAG_LENGTH} - 1) AS i))"
+)
+
+
+# A lookup's tag rows (`_PgDb.tag_rows`), with their tombstones.
+_TAG_ROWS = f"SELECT {_TAG_ROW} FROM tags t {_REMOVED} WHERE t.tag = {_ANY_TAG_OF_PACKED}"  # noqa: S608
+
+
+def _packed(tags: Iterable[bytes]) -> bytes:
+    """Distinct tags, sorted and concatenated, for `_ANY_TAG_OF_PACKED`."""
+    return b"".join(sorted(set(tags)))
+
+
 def _in_key_order(rows: list[TagRow]) -> list[TagRow]:
     """Tag rows sorted by (tag, dataset, gen, handle), as `Db.tag_rows` returns them."""
     rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
@@ -366,16 +388,19 @@ class _PgDb(MatchIdsOf):
             return cursor.rowcount
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        for sql, args in insert_statements(table, columns, rows, _ROWS_PER_INSERT):
+        if len(rows) > _INSERT_AT_MOST:
+            statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+            with self._conn.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        for sql, args in insert_statements(table, columns, rows, _INSERT_AT_MOST):
             self._conn.execute(_pg(sql), args)
 
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         if not tags:
             return []
-        rows: list[TagRow] = self._conn.execute(
-            f"SELECT {_TAG_ROW} FROM tags t {_REMOVED} WHERE t.tag = ANY(%s)",  # noqa: S608 - constants
-            (sorted(set(tags)),),
-        ).fetchall()
+        rows: list[TagRow] = self._conn.execute(_TAG_ROWS, (_packed(tags),)).fetchall()
         return _in_key_order(rows)
 
     def query_rows(self, tags: QueryColumns) -> list[PlacedRow]:
@@ -473,7 +498,7 @@ def _instance_gone(db: Db, instance: int) -> bool:
 
 # The live version and a lookup's tag rows (`_PgDb.tag_rows`) in one statement.
 _LIVE_VERSION_AND_TAG_ROWS = (
-    f"SELECT m.value, {_TAG_ROW} FROM meta m LEFT JOIN tags t ON t.tag = ANY(%s) "  # noqa: S608
+    f"SELECT m.value, {_TAG_ROW} FROM meta m LEFT JOIN tags t ON t.tag = {_ANY_TAG_OF_PACKED} "  # noqa: S608
     f"{_REMOVED} WHERE m.key = 'live_version'"
 )
 
@@ -641,7 +666,7 @@ class PostgresTagStore(SqlStore):
         if len(tags) > _SMALL_QUERY:
             return None
         live = self._live.current
-        asked = sorted(set(tags.tag_list()))
+        asked = _packed(tags.tag_list())
 
         def read() -> list[tuple[Any, ...]]:
             with self._pool.connection() as conn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -365,6 +366,36 @@ def test_every_connection_plans_lookups_as_key_probes(postgres_dsn: str) -> None
     assert seen == [("random_page_cost", "1.1"), ("max_parallel_workers_per_gather", "0")] * 2
     with psycopg.connect(postgres_dsn) as plain:  # the server's own defaults differ
         assert plain.execute("SHOW random_page_cost").fetchall() == [("4",)]
+
+
+def test_a_bulk_lookup_probes_the_primary_key(postgres_dsn: str) -> None:
+    """A 10,000-tag lookup, its tags sent packed in one bytea, is planned as
+    probes of the tags' primary key (not a scan of the table), and finds
+    exactly the enrolled tags among them."""
+    from hub.store_pg import _TAG_ROWS, _packed
+
+    enrolled = store_keys(3000)
+    asked = [k.tag for k in enrolled[:500]] + [os.urandom(16) for _ in range(9500)]
+
+    async def main() -> tuple[str, set[bytes]]:
+        store = await PostgresTagStore.open(postgres_dsn, auto_sweep=False)
+        try:
+            await store_enroll(store, "FRA", "w", enrolled)
+            with store._pool.connection() as conn:
+                conn.execute("ANALYZE tags")
+                plan = "\n".join(
+                    row[0] for row in conn.execute("EXPLAIN " + _TAG_ROWS, (_packed(asked),))
+                )
+                found = {bytes(row[0]) for row in conn.execute(_TAG_ROWS, (_packed(asked),))}
+            return plan, found
+        finally:
+            await store.close()
+
+    plan, found = run(main())
+    plan = re.sub(r"'\\x[0-9a-f]+'", "'...'", plan)  # the 160 KB bytea literal
+    assert "Index" in plan and "tags_pkey" in plan, plan
+    assert "Seq Scan on tags" not in plan, plan
+    assert found == {k.tag for k in enrolled[:500]}
 
 
 def test_an_enrollment_survives_another_hub_starting_and_dies_with_its_own(
