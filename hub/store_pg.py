@@ -359,8 +359,9 @@ _TAG_ROWS = f"SELECT {_TAG_ROW} FROM tags t {_REMOVED} WHERE t.tag = {_ANY_TAG_O
 
 
 def _packed(tags: Iterable[bytes]) -> bytes:
-    """Distinct tags, sorted and concatenated, for `_ANY_TAG_OF_PACKED`."""
-    return b"".join(sorted(set(tags)))
+    """Tags concatenated for `_ANY_TAG_OF_PACKED` (a tag named twice still
+    gives its rows once: `= ANY` is a condition on each row)."""
+    return b"".join(tags)
 
 
 def _in_key_order(rows: list[TagRow]) -> list[TagRow]:
@@ -400,11 +401,15 @@ class _PgDb(MatchIdsOf):
     def tag_rows(self, tags: Sequence[bytes]) -> list[TagRow]:
         if not tags:
             return []
-        rows: list[TagRow] = self._conn.execute(_TAG_ROWS, (_packed(tags),)).fetchall()
-        return _in_key_order(rows)
+        return self._rows_of_packed(_packed(tags))
 
     def query_rows(self, tags: QueryColumns) -> list[PlacedRow]:
-        return place_rows(tags, self.tag_rows(tags.tag_list()))
+        # The lookup's tags are already packed: sent as they came.
+        return place_rows(tags, self._rows_of_packed(tags.tags))
+
+    def _rows_of_packed(self, packed: bytes) -> list[TagRow]:
+        rows: list[TagRow] = self._conn.execute(_TAG_ROWS, (packed,)).fetchall()
+        return _in_key_order(rows)
 
     def _copy(self, table: str, data: bytes) -> None:
         with (
@@ -666,7 +671,7 @@ class PostgresTagStore(SqlStore):
         if len(tags) > _SMALL_QUERY:
             return None
         live = self._live.current
-        asked = _packed(tags.tag_list())
+        asked = tags.tags
 
         def read() -> list[tuple[Any, ...]]:
             with self._pool.connection() as conn:
